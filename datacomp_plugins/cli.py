@@ -1,0 +1,54 @@
+"""The ``datacomp-plugins`` command line: one subcommand per module, each registering itself.
+
+Every subcommand module exposes ``register(subparsers)``, which adds its parser and sets
+``handler=callable(args) -> int``. Heavy libraries are imported inside handlers so ``--help`` stays fast.
+A :class:`PluginError` becomes ``error: <message>`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from datacomp_plugins import __version__
+from datacomp_plugins.errors import PluginError
+
+# Modules that provide subcommands, in the order --help lists them.
+COMMAND_MODULES = (
+    "datacomp_plugins.commands.filter",
+    "datacomp_plugins.commands.toy_pool",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; DataComp's patch reuses the filter flags from here."""
+    parser = argparse.ArgumentParser(
+        prog="datacomp-plugins",
+        description="negCLIPLoss and NormSim data-filtering baselines for DataComp.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""``datacomp-plugins filter``: DataComp's ``baselines.py`` flags with their DataComp meaning, plus ours."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from datacomp_plugins.filtering import BASELINES, PRECISIONS, FilterConfig
+from datacomp_plugins.pool import ARCH_DIMS
+from datacomp_plugins.scoring import CACHE_ENV
+
+
+def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags DataComp's baselines.py does not have (shared with the DataComp patch)."""
+    group = parser.add_argument_group("negCLIPLoss / NormSim")
+    group.add_argument("--num_batches", type=int, default=10,
+                       help="negCLIPLoss: random batches averaged per sample (K; paper: 10)")
+    group.add_argument("--negcliploss_batch_size", type=int, default=32768,
+                       help="negCLIPLoss: batch size B (the teacher's training batch; paper: 32768); "
+                            ">= the shard size means one batch = the whole shard")
+    group.add_argument("--temperature", type=float, default=0.01,
+                       help="negCLIPLoss: teacher temperature τ (0.01 for OpenAI CLIP)")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the random batches (one generator per shard from seed and shard name)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="score arithmetic")
+    group.add_argument("--cache_dir", default=None,
+                       help=f"score cache (default: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores)")
+    group.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "filter", help="select a subset of a DataComp pool and write its uid file",
+        description="Score a DataComp metadata pool and write the uid file that resharder.py reads.")
+    parser.add_argument("--name", required=True, choices=sorted(BASELINES), help="baseline to run")
+    parser.add_argument("--metadata_dir", required=True,
+                        help="directory (local path or fsspec URL) of <stem>.parquet + <stem>.npz files")
+    parser.add_argument("--save_path", required=True, help="output uid file (.npy)")
+    parser.add_argument("--arch", choices=sorted(ARCH_DIMS), default="l14",
+                        help="which OpenAI CLIP embeddings of the cache to use")
+    parser.add_argument("--fraction", type=float, default=None,
+                        help="keep this share of the pool (exactly floor(N*F) samples)")
+    parser.add_argument("--threshold", type=float, default=None, help="keep samples with score >= this")
+    parser.add_argument("--num_workers", type=int, default=1, help="worker processes scoring shards")
+    parser.add_argument("--num_gpus", type=int, default=0, help="GPUs to score on (0 = CPU)")
+    parser.add_argument("--batch_size", type=int, default=512,
+                        help="compute batch: rows of the logit matrix held at once")
+    add_plugin_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> FilterConfig:
+    """Take the FilterConfig fields from parsed arguments (unknown attributes are ignored)."""
+    names = {f.name for f in dataclasses.fields(FilterConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["progress"] = not getattr(args, "no_progress", False)
+    return FilterConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.filtering import run_filter
+
+    summary = run_filter(config_from_args(args))
+    print(summary.line())
+    print(f"wrote {args.save_path}")
+    return 0

@@ -1,0 +1,25 @@
+"""``datacomp-plugins toy-pool OUT``: a small pool in DataComp's layout with planted, labelled structure."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "toy-pool", help="write a small example pool (DataComp layout) with labelled planted structure",
+        description="Write OUT/metadata/<stem>.parquet + .npz in DataComp's layout and OUT/labels.parquet "
+                    "saying which samples are clean, mismatched or generic captions.")
+    parser.add_argument("out", help="output folder (created)")
+    parser.add_argument("--shards", type=int, default=6, help="number of metadata shards")
+    parser.add_argument("--rows", type=int, default=4000, help="rows per shard (the last one is shorter)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.toy import write_toy_pool
+
+    summary = write_toy_pool(args.out, shards=args.shards, rows=args.rows, seed=args.seed)
+    print(summary)
+    return 0

@@ -1,0 +1,96 @@
+"""Run "score one shard" over many shards: in this process, or in a pool of worker processes.
+
+The score cache is the hand-off: an engine only has to make sure every shard's scores are in the cache,
+so engines can be swapped without touching selection, and a killed run resumes where it stopped.
+Workers split the machine's cores between them (torch intra-op threads) and, with ``num_gpus``, each
+takes one GPU, as DataComp's own workers do.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from datacomp_plugins.pool import Pool, Shard
+from datacomp_plugins.scoring import Score, ScoreCache, ShardResult, compute_shard, load_shard, score_shard
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to score shards (picklable)."""
+
+    pool: Pool
+    cache: ScoreCache
+    scores: tuple[Score, ...]
+
+
+_JOB: Job | None = None
+
+
+def _init_worker(job: Job, threads: int, gpu_queue: mp.Queue | None) -> None:
+    global _JOB
+    import torch
+
+    torch.set_num_threads(threads)
+    if gpu_queue is not None:
+        gpu = gpu_queue.get()
+        torch.cuda.set_device(gpu)
+        job = Job(job.pool, job.cache, tuple(_on_device(s, f"cuda:{gpu}") for s in job.scores))
+    _JOB = job
+
+
+def _on_device(score: Score, device: str) -> Score:
+    import dataclasses
+
+    if hasattr(score, "device"):
+        return dataclasses.replace(score, device=device)
+    return score
+
+
+def _work(shard: Shard) -> ShardResult:
+    assert _JOB is not None
+    return score_shard(_JOB.pool, _JOB.cache, shard, _JOB.scores)
+
+
+def _run_prefetching(job: Job, shards: Sequence[Shard]) -> Iterator[ShardResult]:
+    """One process: read shard i+1 in a thread while shard i computes (I/O and decompression overlap)."""
+    if not shards:
+        return
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(load_shard, job.pool, job.cache, shards[0], job.scores)
+        for following in [*shards[1:], None]:
+            inputs = pending.result()
+            if following is not None:
+                pending = reader.submit(load_shard, job.pool, job.cache, following, job.scores)
+            yield compute_shard(job.cache, inputs)
+
+
+def run_local(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int = 0) -> Iterator[ShardResult]:
+    """Score ``shards``, yielding each result as it completes (order may vary; results do not)."""
+    workers = max(1, num_gpus if num_gpus > 0 else num_workers)
+    workers = min(workers, max(1, len(shards)))
+    if workers == 1:
+        if num_gpus > 0:  # one GPU: run here, no process to start
+            job = Job(job.pool, job.cache, tuple(_on_device(s, "cuda:0") for s in job.scores))
+        yield from _run_prefetching(job, shards)
+        return
+    context = mp.get_context("spawn")
+    gpu_queue = None
+    if num_gpus > 0:
+        gpu_queue = context.Queue()
+        for gpu in range(workers):
+            gpu_queue.put(gpu)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(job, threads, gpu_queue)) as executor:
+        futures = [executor.submit(_work, shard) for shard in shards]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise

@@ -1,0 +1,237 @@
+"""Score one shard -> one cached score column per score; the global selection reads only these.
+
+Score once, select many: a score is computed per shard and saved as ``<score>-<key>.npy`` (float32, one
+value per parquet row, NaN for a sample that cannot be scored) beside the shard's ``uids-<key>.npy``.
+The key hashes everything that can change a single bit of the values (the shard files' size and mtime,
+the score's parameters, device and precision), so a rerun reuses what is valid and recomputes the rest.
+Files are written atomically, and an unreadable or truncated file counts as missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from datacomp_plugins.errors import PluginError
+from datacomp_plugins.fileio import atomic_save_npy
+from datacomp_plugins.pool import ARCH_DIMS, Pool, Shard
+from datacomp_plugins.uids import UID_DTYPE
+
+CACHE_ENV = "DATACOMP_PLUGINS_CACHE"
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> str:
+    """``$DATACOMP_PLUGINS_CACHE``, else ``~/.cache/datacomp_plugins/scores`` (never the metadata dir)."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "datacomp_plugins", "scores")
+
+
+def shard_seed(seed: int, stem: str) -> np.random.SeedSequence:
+    """One generator seed per (seed, shard name): results do not depend on worker count or order."""
+    digest = hashlib.sha256(stem.encode()).digest()
+    return np.random.SeedSequence([seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+
+
+def partition(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A random partition of range(n) into ceil(n / batch_size) batches whose sizes differ by at most one.
+
+    Equal-sized batches instead of full batches plus a short last one: a short batch would give its
+    samples a smaller normalisation term (see metrics.normalisation_term, which also rescales to B).
+    """
+    count = max(1, -(-n // batch_size))
+    return np.array_split(rng.permutation(n), count)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A per-sample score of a shard: what it reads, what its value depends on, how to compute it."""
+
+    name: str = field(init=False, default="")
+
+    @property
+    def parquet_columns(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def npz_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def key(self, shard: Shard) -> str:
+        """Hash of the shard's identity and every parameter that affects the values."""
+        payload = {"format": CACHE_FORMAT, "score": self.name, "shard": shard.fingerprint, **asdict(self)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ParquetScore(Score):
+    """DataComp's precomputed CLIP score column, e.g. ``clip_l14_similarity_score`` (the clip_score baseline)."""
+
+    arch: str = "l14"
+    name: str = field(init=False, default="clip_score")
+
+    @property
+    def parquet_columns(self) -> tuple[str, ...]:
+        return (f"clip_{self.arch}_similarity_score",)
+
+    def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
+        values = np.asarray(columns[self.parquet_columns[0]], dtype=np.float32)
+        return np.where(np.isfinite(values), values, np.nan).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NegCLIPLossScore(Score):
+    """negCLIPLoss from the image and text embeddings (DESIGN.md section 3)."""
+
+    arch: str = "l14"
+    num_batches: int = 10
+    batch_size: int = 32768
+    temperature: float = 0.01
+    seed: int = 0
+    block_rows: int = 512
+    device: str = "cpu"
+    precision: str = "fp32"
+    name: str = field(init=False, default="negcliploss")
+
+    @property
+    def npz_keys(self) -> tuple[str, ...]:
+        return (f"{self.arch}_img", f"{self.arch}_txt")
+
+    def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
+        import torch
+
+        from datacomp_plugins.metrics import negcliploss
+
+        image, text = (embeddings[k] for k in self.npz_keys)
+        finite = np.isfinite(image).all(axis=1) & np.isfinite(text).all(axis=1)
+        rows = np.flatnonzero(finite)
+        out = np.full(len(image), np.nan, dtype=np.float32)
+        if len(rows) == 0:
+            return out
+        n = len(rows)
+        reference = min(self.batch_size, n)
+        if reference == n:  # one batch = the whole shard: every round is the same
+            rounds = [[np.arange(n)]]
+        else:
+            rng = np.random.default_rng(shard_seed(self.seed, shard.stem))
+            rounds = [partition(n, self.batch_size, rng) for _ in range(self.num_batches)]
+        device = torch.device(self.device)
+        f = torch.from_numpy(np.ascontiguousarray(image[rows])).to(device)
+        g = torch.from_numpy(np.ascontiguousarray(text[rows])).to(device)
+        batches = [[torch.from_numpy(b).to(device) for b in r] for r in rounds]
+        with torch.no_grad():
+            values = negcliploss(f, g, batches, self.temperature, reference, self.block_rows)
+        out[rows] = values.float().cpu().numpy()
+        return out
+
+
+class ScoreCache:
+    """Per-shard score files under ``<cache_dir>/<pool fingerprint>/<stem>/``."""
+
+    def __init__(self, cache_dir: str, pool: Pool) -> None:
+        self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), pool.fingerprint)
+
+    def folder(self, shard: Shard) -> str:
+        return os.path.join(self.root, shard.stem)
+
+    def uid_path(self, shard: Shard) -> str:
+        return os.path.join(self.folder(shard), f"uids-{shard.fingerprint}.npy")
+
+    def score_path(self, shard: Shard, score: Score) -> str:
+        return os.path.join(self.folder(shard), f"{score.name}-{score.key(shard)}.npy")
+
+    def load_uids(self, shard: Shard) -> np.ndarray | None:
+        array = _load_valid(self.uid_path(shard), UID_DTYPE, None)
+        return array
+
+    def load_score(self, shard: Shard, score: Score, num_rows: int) -> np.ndarray | None:
+        return _load_valid(self.score_path(shard, score), np.dtype(np.float32), num_rows)
+
+    def save(self, path: str, array: np.ndarray) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_save_npy(path, array)
+
+
+def _load_valid(path: str, dtype: np.dtype, rows: int | None) -> np.ndarray | None:
+    """The cached array, or None when it is missing, truncated, or of the wrong type or length."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if array.dtype != dtype or array.ndim != 1 or (rows is not None and len(array) != rows):
+        return None
+    return array
+
+
+@dataclass
+class ShardResult:
+    """What scoring one shard did (for progress and the run summary)."""
+
+    stem: str
+    rows: int
+    computed: tuple[str, ...]
+
+
+@dataclass
+class ShardInputs:
+    """Everything read from storage for the scores a shard still lacks (the I/O half of scoring)."""
+
+    shard: Shard
+    rows: int
+    missing: list[Score]
+    columns: dict
+    embeddings: dict
+
+
+def load_shard(pool: Pool, cache: ScoreCache, shard: Shard,
+               scores: Sequence[Score]) -> ShardInputs | ShardResult:
+    """Read what the missing scores of ``shard`` need; a ShardResult when the cache already has everything.
+
+    Split from :func:`compute_shard` so an engine can read the next shard while computing this one.
+    """
+    uids = cache.load_uids(shard)
+    if uids is None:
+        uids = pool.read_uids(shard)
+        cache.save(cache.uid_path(shard), uids)
+    rows = len(uids)
+    missing = [s for s in scores if cache.load_score(shard, s, rows) is None]
+    if not missing:
+        return ShardResult(shard.stem, rows, ())
+    columns: dict = {}
+    wanted_columns = sorted({c for s in missing for c in s.parquet_columns})
+    if wanted_columns:
+        table = pool.read_columns(shard, wanted_columns)
+        columns = {c: table.column(c).to_numpy(zero_copy_only=False) for c in wanted_columns}
+    wanted_keys = sorted({k for s in missing for k in s.npz_keys})
+    embeddings = pool.read_embeddings(shard, wanted_keys, rows) if wanted_keys else {}
+    for key in wanted_keys:
+        dim = ARCH_DIMS.get(key.split("_")[0])
+        if dim is not None and embeddings[key].shape[1] != dim:
+            raise PluginError(f"{shard.npz}: {key!r} has dimension {embeddings[key].shape[1]}, "
+                              f"expected {dim} for this arch")
+    return ShardInputs(shard, rows, missing, columns, embeddings)
+
+
+def compute_shard(cache: ScoreCache, inputs: ShardInputs | ShardResult) -> ShardResult:
+    """Compute and cache the missing scores (the compute half of scoring)."""
+    if isinstance(inputs, ShardResult):
+        return inputs
+    for score in inputs.missing:
+        values = score.compute(inputs.shard, inputs.columns, inputs.embeddings)
+        if values.shape != (inputs.rows,):
+            raise AssertionError(f"{score.name} returned shape {values.shape} for {inputs.rows} rows")
+        cache.save(cache.score_path(inputs.shard, score), values.astype(np.float32))
+    return ShardResult(inputs.shard.stem, inputs.rows, tuple(s.name for s in inputs.missing))
+
+
+def score_shard(pool: Pool, cache: ScoreCache, shard: Shard, scores: Sequence[Score]) -> ShardResult:
+    """Make sure ``shard`` has a valid uid file and every score in the cache; compute only what is missing."""
+    return compute_shard(cache, load_shard(pool, cache, shard, scores))

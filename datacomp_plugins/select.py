@@ -1,0 +1,72 @@
+"""Global selection from per-sample scores: fractions, thresholds, deterministic ties, duplicate uids.
+
+Works on whole-pool columns (16 bytes of uid + 4 bytes per score per sample) in O(n): a partition finds
+the k-th best score, and only the samples tied with it are ordered (by uid, ascending), so the same scores
+always give the same subset whatever order the shards were read in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datacomp_plugins.errors import PluginError
+from datacomp_plugins.uids import UID_DTYPE, sort_order
+
+
+def check_fraction(value: float | None, flag: str) -> None:
+    """Fractions are shares of the pool in (0, 1]."""
+    if value is not None and not (0.0 < value <= 1.0):
+        raise PluginError(f"{flag} {value}: must be in (0, 1]")
+
+
+def top_k_mask(scores: np.ndarray, uids: np.ndarray, k: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the k highest scores among ``eligible`` finite ones; ties at the boundary go to smaller uids.
+
+    NaN never counts as a score. When fewer than k samples qualify, all of them are kept.
+    """
+    ok = np.isfinite(scores)
+    if eligible is not None:
+        ok &= eligible
+    candidates = np.flatnonzero(ok)
+    mask = np.zeros(len(scores), dtype=bool)
+    if k <= 0 or len(candidates) == 0:
+        return mask
+    if k >= len(candidates):
+        mask[candidates] = True
+        return mask
+    values = scores[candidates]
+    kth = np.partition(values, len(values) - k)[len(values) - k]  # k-th largest value
+    above = candidates[values > kth]
+    mask[above] = True
+    tied = candidates[values == kth]
+    need = k - len(above)
+    if need:
+        mask[tied[sort_order(uids[tied])[:need]]] = True
+    return mask
+
+
+def threshold_mask(scores: np.ndarray, threshold: float, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Mask of finite scores >= threshold (NaN compares false, so unscorable samples are never kept)."""
+    with np.errstate(invalid="ignore"):
+        mask = scores >= threshold
+    return mask & eligible if eligible is not None else mask
+
+
+def first_occurrence(uids: np.ndarray) -> np.ndarray:
+    """Mask keeping the first occurrence of each uid (pool order), in O(n) with a hash table.
+
+    A uid listed twice in a pool is one sample: counting it twice would let it take two places of the
+    selection and make the resharder upsample it.
+    """
+    if len(uids) == 0:
+        return np.ones(0, dtype=bool)
+    keys = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(16), len(uids), [None, pa.py_buffer(np.ascontiguousarray(uids, dtype=UID_DTYPE))])
+    unique = pc.unique(keys)  # in order of first appearance
+    if len(unique) == len(uids):
+        return np.ones(len(uids), dtype=bool)
+    index = pc.index_in(keys, value_set=unique).to_numpy()
+    seen_before = np.maximum.accumulate(np.concatenate(([-1], index[:-1])))
+    return index > seen_before

@@ -1,0 +1,156 @@
+"""DataComp uids: 128-bit hex strings <-> the resharder's ``u8,u8`` arrays, vectorised.
+
+A uid file is a 1-D array of ``np.dtype("u8,u8")`` holding ``divmod(int(uid_hex, 16), 2**64)``, sorted
+ascending without duplicates: the resharder finds uids with ``searchsorted``, so an unsorted file silently
+loses samples and a duplicate silently upsamples. Parsing goes through byte tables, never a Python loop per
+uid (a loop over 128M uids costs minutes).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from datacomp_plugins.errors import PluginError
+from datacomp_plugins.fileio import atomic_save_npy, is_local, local_path
+
+UID_DTYPE = np.dtype("u8,u8")
+HEX_DIGITS = 32
+
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _NIBBLE[_c] = 10 + _i
+_HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
+
+
+def _bad(values: pa.Array, mask: np.ndarray, source: str, why: str) -> PluginError:
+    row = int(np.flatnonzero(mask)[0])
+    return PluginError(f"{source}: malformed uid {values[row].as_py()!r} at row {row} ({why}); "
+                       f"expected up to {HEX_DIGITS} hex digits")
+
+
+def parse_hex(values: pa.Array | pa.ChunkedArray | np.ndarray | list, source: str = "uids") -> np.ndarray:
+    """Hex uid strings -> ``u8,u8`` array, same as ``divmod(int(uid, 16), 2**64)`` per element.
+
+    Short strings are uids whose leading zeros were dropped; they are left-padded. ``source`` names the
+    file (or column) in error messages.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        values = pa.array(np.asarray(values, dtype=object) if not isinstance(values, list) else values,
+                          type=pa.large_string())
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        try:
+            values = values.cast(pa.large_string())
+        except pa.ArrowInvalid:
+            raise PluginError(f"{source}: uids must be hex strings, got {values.type}") from None
+    values = values.cast(pa.large_string())
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=UID_DTYPE)
+    if values.null_count:
+        raise _bad(values, values.is_null().to_numpy(zero_copy_only=False), source, "missing")
+    nbytes = pc.binary_length(values).to_numpy()
+    if (nbytes == 0).any() or (nbytes > HEX_DIGITS).any():
+        raise _bad(values, (nbytes == 0) | (nbytes > HEX_DIGITS), source, "wrong length")
+    padded = pc.utf8_lpad(values, width=HEX_DIGITS, padding="0")
+    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64)[padded.offset : padded.offset + n + 1]
+    raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    if raw.size != n * HEX_DIGITS:  # multi-byte characters: find the culprit for the message
+        raise _bad(values, pc.utf8_length(padded).to_numpy() != pc.binary_length(padded).to_numpy(),
+                   source, "not ASCII")
+    nibbles = _NIBBLE[raw].reshape(n, HEX_DIGITS)
+    invalid = nibbles == 255
+    if invalid.any():
+        raise _bad(values, invalid.any(axis=1), source, "not a hex digit")
+    packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]  # (n, 16) bytes, big-endian per half
+    halves = np.ascontiguousarray(packed).view(">u8")
+    out = np.empty(n, dtype=UID_DTYPE)
+    out["f0"] = halves[:, 0]
+    out["f1"] = halves[:, 1]
+    return out
+
+
+def to_hex(uids: np.ndarray) -> np.ndarray:
+    """``u8,u8`` array -> array of 32-character lower-case hex strings (``S32``), zero-padded."""
+    uids = as_uid_array(uids, "uids")
+    halves = np.empty((len(uids), 2), dtype=">u8")
+    halves[:, 0] = uids["f0"]
+    halves[:, 1] = uids["f1"]
+    raw = halves.view(np.uint8).reshape(len(uids), 16)
+    chars = np.empty((len(uids), HEX_DIGITS), dtype="S1")
+    chars[:, 0::2] = _HEX[raw >> 4]
+    chars[:, 1::2] = _HEX[raw & 15]
+    return chars.view(f"S{HEX_DIGITS}").ravel()
+
+
+def as_uid_array(array: np.ndarray, source: str) -> np.ndarray:
+    """Check that ``array`` is a 1-D array of two unsigned 64-bit fields and view it as ``UID_DTYPE``."""
+    dtype = array.dtype
+    if dtype.names is None or len(dtype.names) != 2 or array.ndim != 1 or any(
+        dtype.fields[name][0] != np.dtype("<u8") for name in dtype.names
+    ):
+        raise PluginError(f"{source}: expected a 1-D uid array of dtype {UID_DTYPE} (DataComp's uid file "
+                          f"format), got dtype {dtype} with shape {array.shape}")
+    return array.view(UID_DTYPE) if dtype != UID_DTYPE else array
+
+
+def sort_order(uids: np.ndarray) -> np.ndarray:
+    """Indices that sort uids ascending as 128-bit numbers (high half major), stable."""
+    return np.lexsort((uids["f1"], uids["f0"]))
+
+
+def is_sorted_unique(uids: np.ndarray) -> bool:
+    """True when ``uids`` is strictly increasing: what the resharder's searchsorted needs."""
+    hi, lo = uids["f0"], uids["f1"]
+    return bool(np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))))
+
+
+def sorted_unique(uids: np.ndarray) -> np.ndarray:
+    """Sorted copy without duplicates."""
+    uids = uids[sort_order(uids)]
+    if len(uids) < 2:
+        return uids
+    keep = np.ones(len(uids), dtype=bool)
+    keep[1:] = (uids["f0"][1:] != uids["f0"][:-1]) | (uids["f1"][1:] != uids["f1"][:-1])
+    return uids[keep]
+
+
+def save_uid_file(path: str, uids: np.ndarray) -> int:
+    """Write the resharder's uid file atomically: sorted, unique, ``np.save``. Returns the count written."""
+    uids = sorted_unique(as_uid_array(np.asarray(uids), "uids"))
+    atomic_save_npy(path, uids)
+    return len(uids)
+
+
+def load_uid_file(path: str, fix: bool = True) -> np.ndarray:
+    """Read a uid file (memory-mapped when local) and check it against the contract.
+
+    With ``fix`` an unsorted or duplicated file is sorted and deduplicated with a warning; without it such
+    a file is refused.
+    """
+    try:
+        if is_local(path):
+            array = np.load(local_path(path), mmap_mode="r", allow_pickle=False)
+        else:
+            import fsspec
+
+            with fsspec.open(path, "rb") as handle:
+                array = np.load(handle, allow_pickle=False)
+    except FileNotFoundError:
+        raise PluginError(f"{path}: uid file not found") from None
+    except (ValueError, OSError) as exc:
+        raise PluginError(f"{path}: not a readable .npy uid file ({exc})") from None
+    array = as_uid_array(array, path)
+    if not is_sorted_unique(array):
+        if not fix:
+            raise PluginError(f"{path}: uids are not sorted ascending and unique, as the resharder needs")
+        warnings.warn(f"{path}: uids were not sorted and unique; sorted and deduplicated them", stacklevel=2)
+        array = sorted_unique(np.asarray(array))
+    return array

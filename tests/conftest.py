@@ -1,0 +1,83 @@
+"""Shared helpers: small pools in DataComp's layout, built from arrays the test chooses."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+def random_hex_uids(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.getrandbits(128):032x}" for _ in range(n)]
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_shard(folder: str, stem: str, uids: Sequence[str], arrays: dict[str, np.ndarray],
+                compressed: bool = False, extra_columns: dict | None = None, fs=None) -> None:
+    """One <stem>.parquet + <stem>.npz; ``fs`` an fsspec filesystem (default: local)."""
+    n = len(uids)
+    l14 = arrays.get("l14_img")
+    columns = {
+        "uid": list(uids),
+        "url": [f"https://example.com/{i}.jpg" for i in range(n)],
+        "text": ["a caption"] * n,
+        "clip_l14_similarity_score": (
+            (arrays["l14_img"].astype(np.float32) * arrays["l14_txt"].astype(np.float32)).sum(1)
+            if l14 is not None and "l14_txt" in arrays and len(l14) == n else np.zeros(n)),
+        "clip_b32_similarity_score": np.zeros(n),
+        **(extra_columns or {}),
+    }
+    table = pa.table(columns)
+    npz = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(npz, **arrays)
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet)
+    if fs is None:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{stem}.parquet"), "wb") as handle:
+            handle.write(parquet.getvalue())
+        with open(os.path.join(folder, f"{stem}.npz"), "wb") as handle:
+            handle.write(npz.getvalue())
+    else:
+        fs.makedirs(folder, exist_ok=True)
+        fs.pipe(f"{folder}/{stem}.parquet", parquet.getvalue())
+        fs.pipe(f"{folder}/{stem}.npz", npz.getvalue())
+
+
+def make_pool(folder: str, shard_sizes: Sequence[int], seed: int = 0, dim: int = 768,
+              dtype=np.float16, compressed: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Random unit l14 embeddings with a planted pair correlation; returns what was written, per stem."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    all_uids = random_hex_uids(sum(shard_sizes), seed)
+    start = 0
+    for index, n in enumerate(shard_sizes):
+        img = unit_rows(rng, n, dim)
+        txt = img * rng.uniform(0.2, 0.9, (n, 1)) + unit_rows(rng, n, dim)
+        txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+        arrays = {"l14_img": img.astype(dtype), "l14_txt": txt.astype(dtype)}
+        uids = all_uids[start : start + n]
+        start += n
+        stem = f"{index:08d}"
+        write_shard(folder, stem, uids, arrays, compressed=compressed)
+        written[stem] = {"uids": uids, **arrays}
+    return written
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> str:
+    """Every test gets its own score cache (never the user's)."""
+    path = str(tmp_path / "cache")
+    monkeypatch.setenv("DATACOMP_PLUGINS_CACHE", path)
+    return path

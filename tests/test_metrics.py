@@ -1,0 +1,104 @@
+"""The score math against an independent float64 brute force on tiny shards."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from datacomp_plugins.metrics import clip_score, negcliploss, normalisation_term
+from datacomp_plugins.scoring import partition
+
+
+def brute_r(img: np.ndarray, txt: np.ndarray, batch: np.ndarray, tau: float, reference: int) -> dict[int, float]:
+    """R_B(i) straight from the formula, float64, Python sums (log-mean-exp scaled to ``reference``)."""
+    out = {}
+    for i in batch:
+        row = sum(math.exp(float(img[i] @ txt[j]) / tau) for j in batch)
+        col = sum(math.exp(float(img[j] @ txt[i]) / tau) for j in batch)
+        scale = reference / len(batch)
+        out[int(i)] = tau / 2 * (math.log(row * scale) + math.log(col * scale))
+    return out
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 64])
+def test_whole_shard_batch_matches_brute_force(block_rows):
+    rng = np.random.default_rng(1)
+    img, txt = unit(rng, 13, 8), unit(rng, 13, 8)
+    txt[:5] = img[:5]  # similarity 1.0 at tau=0.01: exp(100) would overflow float32
+    tau = 0.01
+    got = negcliploss(torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32),
+                      [[torch.arange(13)]], tau, 13, block_rows).numpy()
+    brute = brute_r(img, txt, np.arange(13), tau, 13)
+    want = np.array([float(img[i] @ txt[i]) - brute[i] for i in range(13)])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_random_batches_match_brute_force_over_the_same_batches():
+    rng = np.random.default_rng(2)
+    n, d, tau, size = 23, 6, 0.07, 8
+    img, txt = unit(rng, n, d), unit(rng, n, d)
+    rounds = [partition(n, size, np.random.default_rng(seed)) for seed in range(4)]
+    got = negcliploss(torch.tensor(img, dtype=torch.float64), torch.tensor(txt, dtype=torch.float64),
+                      [[torch.from_numpy(b) for b in r] for r in rounds], tau, size, 5).numpy()
+    total = np.zeros(n)
+    for batches in rounds:
+        for batch in batches:
+            for i, r in brute_r(img, txt, batch, tau, size).items():
+                total[i] += r
+    want = (img * txt).sum(1) - total / len(rounds)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+
+
+def test_column_far_below_the_block_maximum_is_exact():
+    """A text that matches nothing, next to a perfect pair: its column sum would underflow a shared shift."""
+    d = 4
+    img = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    txt = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    tau = 0.01
+    got = normalisation_term(torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32),
+                             [torch.arange(3)], tau, 3, block_rows=3).numpy()
+    brute = brute_r(img, txt, np.arange(3), tau, 3)
+    np.testing.assert_allclose(got, [brute[i] for i in range(3)], rtol=1e-6)
+    assert d == img.shape[1]
+
+
+def test_clip_score_is_the_dot_product():
+    rng = np.random.default_rng(3)
+    img, txt = unit(rng, 5, 7), unit(rng, 5, 7)
+    got = clip_score(torch.tensor(img), torch.tensor(txt)).numpy()
+    np.testing.assert_allclose(got, [sum(img[i, k] * txt[i, k] for k in range(7)) for i in range(5)])
+
+
+@pytest.mark.parametrize("n,size", [(10, 3), (10, 10), (10, 64), (33, 8), (1, 5)])
+def test_partition_is_a_partition_into_near_equal_batches(n, size):
+    batches = partition(n, size, np.random.default_rng(0))
+    joined = np.concatenate(batches)
+    assert sorted(joined.tolist()) == list(range(n))
+    sizes = [len(b) for b in batches]
+    assert max(sizes) <= max(size, 1) or len(batches) == 1
+    assert max(sizes) - min(sizes) <= 1
+    assert len(batches) == max(1, math.ceil(n / size))
+
+
+def test_short_batches_are_not_biased_towards_smaller_penalties():
+    """Rescaled log-mean-exp: the mean R over batches of size b is close to that of size B (same data)."""
+    rng = np.random.default_rng(4)
+    n, d, tau = 4096, 32, 0.07
+    img, txt = unit(rng, n, d), unit(rng, n, d)
+    f, g = torch.tensor(img, dtype=torch.float64), torch.tensor(txt, dtype=torch.float64)
+    full = normalisation_term(f, g, [torch.arange(i, i + 1024) for i in range(0, n, 1024)], tau, 1024)
+    short = normalisation_term(f, g, [torch.arange(i, i + 683) for i in range(0, 683 * 5, 683)], tau, 1024)
+    plain_short = normalisation_term(f, g, [torch.arange(i, i + 683) for i in range(0, 683 * 5, 683)], tau, 683)
+    bias = float(full.nanmean() - short.nanmean())
+    uncorrected = float(full.nanmean() - plain_short.nanmean())
+    assert abs(bias) < 0.1 * abs(uncorrected)
+    assert uncorrected == pytest.approx(tau * math.log(1024 / 683), rel=0.05)
