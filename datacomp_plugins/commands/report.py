@@ -1,0 +1,48 @@
+"""``datacomp-plugins report``: compare DataComp evaluation runs with each other and with the paper."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` subcommand."""
+    parser = subparsers.add_parser(
+        "report",
+        help="compare eval_results.jsonl of DataComp runs (ImageNet, dist. shifts, VTAB, retrieval, avg-38)",
+        description=(
+            "Read eval_results.jsonl (written by DataComp's evaluate.py) of each run and print one row per "
+            "run, grouped as DataComp's aggregate_scores.py does. When a task appears on several lines, the "
+            "last line is used. The paper's reported DataComp-medium numbers are shown beside the runs."
+        ),
+    )
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR",
+        help="evaluation output folder holding eval_results.jsonl, or the path of that file",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default=None,
+        help="also write report.md, report.csv and report.png (bar chart) into DIR, created if needed",
+    )
+    parser.add_argument(
+        "--partial", action="store_true",
+        help="accept runs missing some of the 38 tasks: average over the tasks present, mark the row partial",
+    )
+    parser.add_argument(
+        "--no-paper", dest="paper", action="store_false",
+        help="leave out the paper's reference rows",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate every run before writing anything, so bad input leaves no output files."""
+    from datacomp_plugins import report
+
+    rows = report.build_rows(args.runs, allow_partial=args.partial, with_paper=args.paper)
+    print(report.render_markdown(rows), end="")
+    if args.out is not None:
+        for path in report.write_report(rows, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
