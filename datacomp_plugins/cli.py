@@ -19,6 +19,7 @@ from datacomp_plugins.errors import PluginError
 COMMAND_MODULES = (
     "datacomp_plugins.commands.filter",
     "datacomp_plugins.commands.toy_pool",
+    "datacomp_plugins.commands.demo",
     "datacomp_plugins.commands.report",
 )
 

@@ -1,0 +1,26 @@
+"""``datacomp-plugins demo OUT``: the baselines side by side on the labelled example pool."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="build the example pool and compare the baselines on it",
+        description="Write the example pool under OUT (unless present), run each baseline at the same "
+                    "fraction, and print how many samples of each planted kind it kept.")
+    parser.add_argument("out", help="folder for the example pool and the uid files")
+    parser.add_argument("--fraction", type=float, default=0.3, help="quality fraction of every baseline")
+    parser.add_argument("--rebuild", action="store_true", help="rewrite the example pool")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.compare import compare, default_entries, render
+    from datacomp_plugins.select import check_fraction
+
+    check_fraction(args.fraction, "--fraction")
+    rows, totals, relevant = compare(args.out, default_entries(args.fraction), rebuild=args.rebuild)
+    print(render(rows, totals, relevant))
+    return 0

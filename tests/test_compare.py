@@ -1,0 +1,29 @@
+"""The demo's comparison on a small example pool: counts add up and the planted effect shows."""
+
+from __future__ import annotations
+
+from datacomp_plugins.cli import main
+from datacomp_plugins.compare import compare, default_entries, render
+from datacomp_plugins.toy import KINDS, write_toy_pool
+
+
+def test_compare_counts_are_consistent(tmp_path):
+    write_toy_pool(str(tmp_path), shards=2, rows=2500)
+    rows, totals, relevant = compare(str(tmp_path), default_entries(0.3))
+    n = sum(totals.values())
+    assert [r.label.split()[0] for r in rows] == ["clip_score", "negcliploss"]
+    for row in rows:
+        assert row.kept == int(n * 0.3)
+        assert sum(row.by_kind.values()) == row.kept
+        assert all(row.by_kind[k] <= totals[k] for k in KINDS)
+        assert row.target_relevant <= relevant
+    clip, neg = rows
+    assert neg.by_kind["generic"] < clip.by_kind["generic"]
+    table = render(rows, totals, relevant)
+    assert table.count("\n") == 3 and "| negcliploss 30% |" in table
+
+
+def test_demo_command_rejects_bad_fraction(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "d"), "--fraction", "2"]) == 2
+    assert "--fraction 2.0: must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

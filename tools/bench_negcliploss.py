@@ -1,0 +1,116 @@
+"""negCLIPLoss end to end (read pool, parse uids, score, select, write) against the fp32 matmul roofline.
+
+The cost model (DESIGN.md section 4): each sample costs 2·K·B·d FLOP of matrix products. The roofline is
+this machine's fp32 matmul rate, measured in the same run on a B×d @ d×B product, so the ratio is
+meaningful on any machine. Two pools:
+
+- ``spec``: shards of 8192 rows with B = 8192 — one batch is the whole shard, so the K rounds are identical
+  and computed once; the ratio against the cost model can then exceed 1.
+- ``full``: shards of 2·B rows — every round is a real new partition, so the work done is exactly the cost
+  model's; this is the honest fraction of roofline.
+
+Usage: python tools/bench_negcliploss.py [--shards 4] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from datacomp_plugins.filtering import FilterConfig, run_filter
+
+
+def write_pool(folder: str, shards: int, rows: int, dim: int, seed: int = 0) -> None:
+    """Random unit float16 embeddings in DataComp's layout (uncompressed npz, as DataComp ships)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for index in range(shards):
+        arrays = {}
+        for key in ("l14_img", "l14_txt"):
+            x = rng.standard_normal((rows, dim), dtype=np.float32)
+            arrays[key] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+        uids = [f"{v:032x}" for v in rng.integers(0, 2**63, rows, dtype=np.int64).tolist()]
+        pq.write_table(pa.table({"uid": uids, "clip_l14_similarity_score": np.zeros(rows)}),
+                       os.path.join(folder, f"{index:08d}.parquet"))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with open(os.path.join(folder, f"{index:08d}.npz"), "wb") as handle:
+            handle.write(buffer.getvalue())
+
+
+def matmul_rate(size: int, dim: int, device: str, repeats: int = 5) -> float:
+    """Median fp32 GFLOP/s of a size×dim @ dim×size product (the shape negCLIPLoss multiplies)."""
+    a = torch.randn(size, dim, device=device)
+    b = torch.randn(dim, size, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        _ = a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * size * size * dim / statistics.median(times[1:]) / 1e9
+
+
+def run_case(label: str, folder: str, rows: int, shards: int, k: int, b: int, dim: int, repeats: int,
+             num_gpus: int) -> dict:
+    seconds = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            config = FilterConfig(name="negcliploss", metadata_dir=folder, save_path=os.path.join(cache, "o.npy"),
+                                  fraction=0.3, num_batches=k, negcliploss_batch_size=b, cache_dir=cache,
+                                  num_gpus=num_gpus, progress=False)
+            start = time.perf_counter()
+            run_filter(config)
+            seconds.append(time.perf_counter() - start)
+    samples = rows * shards
+    t = statistics.median(seconds)
+    rounds_done = 1 if b >= rows else k
+    return {"label": label, "samples": samples, "seconds": t, "samples_per_s": samples / t,
+            "model_gflops": samples * 2 * k * b * dim / t / 1e9,
+            "done_gflops": samples * 2 * rounds_done * b * dim / t / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8192, help="B")
+    parser.add_argument("--rounds", type=int, default=2, help="K")
+    parser.add_argument("--num_gpus", type=int, default=0)
+    args = parser.parse_args()
+    dim, b, k = 768, args.batch, args.rounds
+    device = "cuda" if args.num_gpus else "cpu"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    with tempfile.TemporaryDirectory() as root:
+        cases = [("spec", b), ("full", 2 * b)]
+        results = []
+        for label, rows in cases:
+            folder = os.path.join(root, label)
+            write_pool(folder, args.shards, rows, dim)
+            roof_before = matmul_rate(b, dim, device)
+            result = run_case(label, folder, rows, args.shards, k, b, dim, args.repeats, args.num_gpus)
+            roof = statistics.median([roof_before, matmul_rate(b, dim, device)])
+            result["roofline_gflops"] = roof
+            results.append((rows, result))
+    print(f"{'pool':<6} {'shards x rows':>14} {'samples/s':>10} {'GFLOP/s (cost model)':>21} "
+          f"{'GFLOP/s (work done)':>20} {'matmul GFLOP/s':>15} {'done / roofline':>16}")
+    for rows, r in results:
+        print(f"{r['label']:<6} {f'{args.shards} x {rows}':>14} {r['samples_per_s']:>10.0f} "
+              f"{r['model_gflops']:>21.1f} {r['done_gflops']:>20.1f} {r['roofline_gflops']:>15.1f} "
+              f"{r['done_gflops'] / r['roofline_gflops']:>16.2f}")
+
+
+if __name__ == "__main__":
+    main()
