@@ -7,6 +7,7 @@ the two produce byte-identical uid files for the same flags.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from datacomp_plugins.fileio import check_writable
 from datacomp_plugins.pool import ARCH_DIMS, Pool
 from datacomp_plugins.scoring import (
     NegCLIPLossScore,
+    NormSimScore,
     ParquetScore,
     Score,
     ScoreCache,
@@ -28,10 +30,13 @@ from datacomp_plugins.select import check_fraction, first_occurrence, threshold_
 from datacomp_plugins.uids import UID_DTYPE, save_uid_file
 
 QUALITY_SCORES = ("negcliploss", "clip_score")
-BASELINES = {
-    # name -> the quality score it selects by
-    "clip_score": "clip_score",
-    "negcliploss": "negcliploss",
+# name -> relevance stage after the quality stage (None: the quality stage alone)
+BASELINES: dict[str, str | None] = {
+    "clip_score": None,
+    "negcliploss": None,
+    "normsim2": "2",
+    "normsiminf": "inf",
+    "normsim_d": "d",
 }
 PRECISIONS = ("fp32",)
 
@@ -48,14 +53,29 @@ class FilterConfig:
     threshold: float | None = None
     num_workers: int = 1
     num_gpus: int = 0
-    batch_size: int = 512
+    batch_size: int = 1024
     num_batches: int = 10
     negcliploss_batch_size: int = 32768
     temperature: float = 0.01
     seed: int = 0
     precision: str = "fp32"
     cache_dir: str | None = None
+    quality_score: str = "negcliploss"
+    normsim_fraction: float | None = None
+    normsim_threshold: float | None = None
+    target: str | None = None
+    target_key: str | None = None
+    normsim_d_iters: int = 500
     progress: bool = True
+
+    @property
+    def quality(self) -> str:
+        """The quality score: the baseline's own for clip_score/negcliploss, else --quality_score."""
+        return self.name if BASELINES.get(self.name, "") is None else self.quality_score
+
+    @property
+    def relevance(self) -> str | None:
+        return BASELINES.get(self.name)
 
 
 @dataclass
@@ -67,6 +87,7 @@ class Summary:
     pool_samples: int = 0
     duplicates: int = 0
     unscorable: int = 0
+    after_quality: int = 0
     kept: int = 0
     shards: int = 0
     shards_scored: int = 0
@@ -76,6 +97,8 @@ class Summary:
     def line(self) -> str:
         share = 100.0 * self.kept / self.pool_samples if self.pool_samples else 0.0
         extra = "".join(f"; {note}" for note in self.notes)
+        if self.after_quality != self.kept:
+            extra = f"; {self.after_quality} after the quality stage" + extra
         return (f"{self.name}: kept {self.kept} of {self.pool_samples} samples ({share:.1f}%) from "
                 f"{self.shards} shards ({self.shards_scored} scored, {self.shards - self.shards_scored} "
                 f"from cache); {self.unscorable} not scorable; {self.duplicates} duplicate uids counted "
@@ -100,6 +123,9 @@ def validate(config: FilterConfig) -> None:
         raise PluginError("--num_workers and --num_gpus must not be negative")
     if not (config.temperature > 0 and math.isfinite(config.temperature)):
         raise PluginError(f"--temperature {config.temperature}: must be a positive number")
+    if config.quality_score not in QUALITY_SCORES:
+        raise PluginError(f"--quality_score {config.quality_score}: expected one of {list(QUALITY_SCORES)}")
+    _validate_relevance(config)
     if config.precision not in PRECISIONS:
         raise PluginError(f"--precision {config.precision}: expected one of {list(PRECISIONS)}")
     if config.num_gpus > 0:
@@ -109,6 +135,36 @@ def validate(config: FilterConfig) -> None:
             raise PluginError(f"--num_gpus {config.num_gpus}: only {torch.cuda.device_count()} CUDA "
                               "device(s) visible; use --num_gpus 0 for the CPU")
     check_writable(config.save_path)
+
+
+def _validate_relevance(config: FilterConfig) -> None:
+    relevance = config.relevance
+    given = [flag for flag, value in (("--normsim_fraction", config.normsim_fraction),
+                                      ("--normsim_threshold", config.normsim_threshold),
+                                      ("--target", config.target)) if value is not None]
+    if relevance is None:
+        if given:
+            raise PluginError(f"{', '.join(given)}: only for the normsim baselines, not --name {config.name}")
+        return
+    if (config.normsim_fraction is None) == (config.normsim_threshold is None):
+        raise PluginError(f"--name {config.name}: exactly one of --normsim_fraction and --normsim_threshold "
+                          "is required")
+    check_fraction(config.normsim_fraction, "--normsim_fraction")
+    if (config.fraction is not None and config.normsim_fraction is not None
+            and config.normsim_fraction > config.fraction):
+        raise PluginError(f"--normsim_fraction {config.normsim_fraction} is larger than --fraction "
+                          f"{config.fraction}: the NormSim stage keeps a share of the pool among the quality "
+                          "stage's survivors, so it cannot keep more than they are")
+    if relevance == "d":
+        if config.target is not None:
+            raise PluginError("--target: normsim_d uses no target set (the selected subset is its own target)")
+        if config.normsim_threshold is not None:
+            raise PluginError("--normsim_threshold: normsim_d needs --normsim_fraction (its final size)")
+        if config.normsim_d_iters < 1:
+            raise PluginError(f"--normsim_d_iters {config.normsim_d_iters}: must be at least 1")
+    elif config.target is None:
+        raise PluginError(f"--name {config.name}: needs --target (in1k, or a .npy/.npz/.pt file or folder of "
+                          "target image embeddings)")
 
 
 def quality_score(config: FilterConfig, which: str) -> Score:
@@ -135,7 +191,8 @@ def score_pool(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...], config:
 
 def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Pool-wide uid column and score columns, in shard order, read from the cache only."""
-    uids, columns = [], [[] for _ in scores]
+    uids: list[np.ndarray] = []
+    columns: list[list[np.ndarray]] = [[] for _ in scores]
     for shard in pool.shards:
         shard_uids = cache.load_uids(shard)
         if shard_uids is None:
@@ -150,29 +207,81 @@ def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np
     return (np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE)), joined
 
 
+def _relevance_score(config: FilterConfig, cache: ScoreCache, pool: Pool) -> NormSimScore:
+    """Load, check and materialise the target once (main process), then describe the NormSim score."""
+    from datacomp_plugins import targets
+
+    matrix = targets.load_target(config.target, config.arch, ARCH_DIMS[config.arch], config.target_key)
+    key, target_path, gram_path = targets.materialise(matrix, cache.targets)
+    return NormSimScore(arch=config.arch, p=config.relevance, target=key, target_path=target_path,
+                        gram_path=gram_path, device="cuda" if config.num_gpus > 0 else "cpu",
+                        precision=config.precision)
+
+
+def _quality_stage(config: FilterConfig, values: np.ndarray | None, uids: np.ndarray, eligible: np.ndarray,
+                   pool_samples: int, summary: Summary) -> np.ndarray:
+    if values is None:  # --fraction 1.0: no quality stage
+        return eligible
+    if config.fraction is not None:
+        want = math.floor(pool_samples * config.fraction)
+        keep = top_k_mask(values, uids, want, eligible)
+        if keep.sum() < want:
+            summary.notes.append(f"only {int(keep.sum())} scorable samples for the {want} asked")
+        return keep
+    return threshold_mask(values, config.threshold, eligible)
+
+
+def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: np.ndarray,
+                     survivors: np.ndarray, want: int) -> np.ndarray:
+    """Run NormSim_2-D on the survivors' image embeddings (spilled to the cache folder, then deleted)."""
+    from datacomp_plugins.dynamic import iterate, spill_image_embeddings
+
+    key = f"{config.arch}_img"
+    offsets = np.cumsum([0] + [len(cache.load_uids(s)) for s in pool.shards])
+    chosen = np.flatnonzero(survivors)
+    rows = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    device = "cuda" if config.num_gpus > 0 else "cpu"
+    with spill_image_embeddings(pool, pool.shards, rows, key, ARCH_DIMS[config.arch],
+                                os.path.join(cache.root, "_spill"), config.progress) as (spill, finite):
+        index = chosen[finite]
+        kept = iterate(spill, uids[index], want, config.normsim_d_iters, device, config.progress)
+    mask = np.zeros(len(uids), dtype=bool)
+    mask[index[kept]] = True
+    return mask
+
+
 def run_filter(config: FilterConfig) -> Summary:
     """Run one baseline end to end and write ``config.save_path``; returns the run's summary."""
     started = time.perf_counter()
     validate(config)
     pool = Pool(config.metadata_dir)
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
-    quality = quality_score(config, BASELINES[config.name])
-    scores = (quality,)
+    use_quality = not (config.fraction == 1.0 and config.relevance is not None)
+    scores: list[Score] = [quality_score(config, config.quality)] if use_quality else []
+    if config.relevance in ("2", "inf"):
+        scores.append(_relevance_score(config, cache, pool))
     summary = Summary(config.name, shards=len(pool.shards))
-    summary.shards_scored = score_pool(pool, cache, scores, config)
-    uids, (quality_values,) = gather(pool, cache, scores)
+    summary.shards_scored = score_pool(pool, cache, tuple(scores), config)
+    uids, columns = gather(pool, cache, tuple(scores))
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)
     summary.pool_samples = int(eligible.sum())
     summary.duplicates = summary.pool_rows - summary.pool_samples
-    summary.unscorable = int((~np.isfinite(quality_values) & eligible).sum())
-    if config.fraction is not None:
-        want = math.floor(summary.pool_samples * config.fraction)
-        keep = top_k_mask(quality_values, uids, want, eligible)
-        if keep.sum() < want:
-            summary.notes.append(f"only {int(keep.sum())} scorable samples for the {want} asked")
-    else:
-        keep = threshold_mask(quality_values, config.threshold, eligible)
+    unscorable = np.zeros(len(uids), dtype=bool)
+    for values in columns:
+        unscorable |= ~np.isfinite(values)
+    summary.unscorable = int((unscorable & eligible).sum())
+    keep = _quality_stage(config, columns[0] if use_quality else None, uids, eligible, summary.pool_samples,
+                          summary)
+    summary.after_quality = int(keep.sum())
+    if config.relevance is not None:
+        want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
+        if config.relevance == "d":
+            keep = _normsim_d_stage(config, pool, cache, uids, keep, want)
+        elif config.normsim_fraction is not None:
+            keep = top_k_mask(columns[-1], uids, want, keep)
+        else:
+            keep = threshold_mask(columns[-1], config.normsim_threshold, keep)
     summary.kept = save_uid_file(config.save_path, uids[keep])
     summary.seconds = time.perf_counter() - started
     return summary

@@ -82,3 +82,26 @@ def negcliploss(image: torch.Tensor, text: torch.Tensor, rounds: Sequence[Sequen
     for batches in rounds:
         total += normalisation_term(image, text, batches, temperature, reference_size, block_rows)
     return clip_score(image, text) - total / len(rounds)
+
+
+def normsim2(image: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """NormSim_2(i) = (Σ_t (f_i·h_t)²)^½ = (f_iᵀ G f_i)^½ with G = Σ_t h_t h_tᵀ (d×d).
+
+    Through the Gram matrix the cost is 2·d² per sample whatever the target's size.
+    """
+    quadratic = ((image @ gram) * image).sum(dim=1)
+    return quadratic.clamp_min(0).sqrt()
+
+
+def normsim_inf(image: torch.Tensor, target: torch.Tensor, block: int = 16384) -> torch.Tensor:
+    """NormSim_inf(i) = max_t f_i·h_t, exact, over target blocks of ``block`` rows (bounded memory)."""
+    best = torch.full((image.shape[0],), float("-inf"), dtype=image.dtype, device=image.device)
+    for start in range(0, target.shape[0], block):
+        part = target[start : start + block].to(device=image.device, dtype=image.dtype)
+        torch.maximum(best, (image @ part.T).amax(dim=1), out=best)
+    return best
+
+
+def normsim2_squared_scores(image: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """f_iᵀ G f_i for every row: the score NormSim_2-D ranks by (monotone in NormSim_2)."""
+    return ((image @ gram) * image).sum(dim=1)

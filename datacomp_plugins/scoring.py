@@ -9,11 +9,13 @@ Files are written atomically, and an unreadable or truncated file counts as miss
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import atomic_save_npy
 from datacomp_plugins.pool import ARCH_DIMS, Pool, Shard
 from datacomp_plugins.uids import UID_DTYPE
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_ENV = "DATACOMP_PLUGINS_CACHE"
 CACHE_FORMAT = 1
@@ -64,7 +69,8 @@ class Score:
 
     def key(self, shard: Shard) -> str:
         """Hash of the shard's identity and every parameter that affects the values."""
-        payload = {"format": CACHE_FORMAT, "score": self.name, "shard": shard.fingerprint, **asdict(self)}
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("key", True)}
+        payload = {"format": CACHE_FORMAT, "score": self.name, "shard": shard.fingerprint, **params}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
@@ -133,6 +139,67 @@ class NegCLIPLossScore(Score):
         return out
 
 
+def _image_rows(embeddings: dict, key: str, device: str) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Finite rows of an image-embedding array on ``device``; returns (row indices, tensor, NaN output)."""
+    import torch
+
+    image = embeddings[key]
+    rows = np.flatnonzero(np.isfinite(image).all(axis=1))
+    tensor = torch.from_numpy(np.ascontiguousarray(image[rows])).to(device)
+    return rows, tensor, np.full(len(image), np.nan, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _matrix(path: str, device: str) -> torch.Tensor:
+    """A materialised target or Gram matrix as float32 on ``device``, loaded once per process."""
+    import torch
+
+    return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32)).to(device)
+
+
+@dataclass(frozen=True)
+class NormSimScore(Score):
+    """NormSim_p of pool images against a target set (p = 2 through the Gram matrix, or p = inf).
+
+    The target travels as files (see targets.materialise); the cache key holds its content hash only.
+    """
+
+    arch: str = "l14"
+    p: str = "2"
+    target: str = ""  # content fingerprint of the target
+    target_path: str = field(default="", metadata={"key": False})
+    gram_path: str = field(default="", metadata={"key": False})
+    block_rows: int = 4096
+    device: str = "cpu"
+    precision: str = "fp32"
+    name: str = field(init=False, default="normsim")
+
+    @property
+    def column(self) -> str:
+        return f"normsim{self.p}"
+
+    @property
+    def npz_keys(self) -> tuple[str, ...]:
+        return (f"{self.arch}_img",)
+
+    def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
+        import torch
+
+        from datacomp_plugins.metrics import normsim2, normsim_inf
+
+        rows, image, out = _image_rows(embeddings, self.npz_keys[0], self.device)
+        if len(rows):
+            with torch.no_grad():
+                if self.p == "2":
+                    values = normsim2(image, _matrix(self.gram_path, self.device))
+                else:
+                    target = _matrix(self.target_path, self.device)
+                    values = torch.cat([normsim_inf(image[i : i + self.block_rows], target)
+                                        for i in range(0, len(image), self.block_rows)])
+            out[rows] = values.float().cpu().numpy()
+        return out
+
+
 class ScoreCache:
     """Per-shard score files under ``<cache_dir>/<pool fingerprint>/<stem>/``."""
 
@@ -146,7 +213,13 @@ class ScoreCache:
         return os.path.join(self.folder(shard), f"uids-{shard.fingerprint}.npy")
 
     def score_path(self, shard: Shard, score: Score) -> str:
-        return os.path.join(self.folder(shard), f"{score.name}-{score.key(shard)}.npy")
+        label = getattr(score, "column", score.name)
+        return os.path.join(self.folder(shard), f"{label}-{score.key(shard)}.npy")
+
+    @property
+    def targets(self) -> str:
+        """Where materialised target sets live (shared by every shard of the pool)."""
+        return os.path.join(self.root, "_targets")
 
     def load_uids(self, shard: Shard) -> np.ndarray | None:
         array = _load_valid(self.uid_path(shard), UID_DTYPE, None)

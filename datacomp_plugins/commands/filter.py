@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from datacomp_plugins.filtering import BASELINES, PRECISIONS, FilterConfig
+from datacomp_plugins.filtering import BASELINES, PRECISIONS, QUALITY_SCORES, FilterConfig
 from datacomp_plugins.pool import ARCH_DIMS
 from datacomp_plugins.scoring import CACHE_ENV
 
@@ -23,6 +23,20 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0,
                        help="seed of the random batches (one generator per shard from seed and shard name)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="score arithmetic")
+    group.add_argument("--quality_score", choices=QUALITY_SCORES, default="negcliploss",
+                       help="normsim baselines: the quality stage's score (--fraction/--threshold); "
+                            "--fraction 1.0 means no quality stage")
+    group.add_argument("--normsim_fraction", type=float, default=None,
+                       help="normsim baselines: keep floor(N*F2) of the pool (N samples) by NormSim among the "
+                            "quality stage's survivors (paper: --fraction 0.3 --normsim_fraction 0.2)")
+    group.add_argument("--normsim_threshold", type=float, default=None,
+                       help="normsim2/normsiminf: keep survivors with NormSim >= this instead")
+    group.add_argument("--target", default=None,
+                       help="normsim2/normsiminf: 'in1k' (DataComp's ImageNet-1k L/14 features) or a .npy/.npz/"
+                            ".pt file or folder of target image embeddings")
+    group.add_argument("--target_key", default=None, help="array name inside a .npz target")
+    group.add_argument("--normsim_d_iters", type=int, default=500,
+                       help="normsim_d: iterations (capped so each drops at least one sample; paper: 500)")
     group.add_argument("--cache_dir", default=None,
                        help=f"score cache (default: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores)")
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -43,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="keep samples with score >= this")
     parser.add_argument("--num_workers", type=int, default=1, help="worker processes scoring shards")
     parser.add_argument("--num_gpus", type=int, default=0, help="GPUs to score on (0 = CPU)")
-    parser.add_argument("--batch_size", type=int, default=512,
+    parser.add_argument("--batch_size", type=int, default=1024,
                         help="compute batch: rows of the logit matrix held at once")
     add_plugin_arguments(parser)
     parser.set_defaults(handler=run)
