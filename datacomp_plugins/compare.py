@@ -1,8 +1,8 @@
 """Run several baselines on the example pool and count what each kept of every planted kind.
 
 This is the demo and the baseline comparison CI runs: on the toy pool the labels are known, so the table
-shows *why* a method differs (negCLIPLoss drops generic captions that CLIPScore keeps), not just that it
-does.
+shows *why* a method differs (negCLIPLoss drops generic captions that CLIPScore keeps; NormSim with the
+target keeps the target-relevant concepts), not just that it does.
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ class Entry:
     settings: dict
 
 
-def default_entries(fraction: float = 0.3) -> list[Entry]:
-    """The baselines the demo compares, all at the same quality fraction."""
+def default_entries(out: str, fraction: float = 0.3, normsim_fraction: float = 0.2) -> list[Entry]:
+    """The baselines the demo compares: quality alone at ``fraction``, then quality ∩ NormSim."""
+    target = os.path.join(out, "targets", "target_l14.npy")
+    stage = {"fraction": fraction, "normsim_fraction": normsim_fraction}
+    both = f"{fraction:.0%} -> {normsim_fraction:.0%}"
     return [
         Entry(f"clip_score {fraction:.0%}", {"name": "clip_score", "fraction": fraction}),
         Entry(f"negcliploss {fraction:.0%}", {"name": "negcliploss", "fraction": fraction}),
+        Entry(f"normsiminf {both}", {"name": "normsiminf", "target": target, **stage}),
+        Entry(f"normsim2 {both}", {"name": "normsim2", "target": target, **stage}),
+        Entry(f"normsim_d {both}", {"name": "normsim_d", **stage}),
     ]
 
 

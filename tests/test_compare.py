@@ -9,18 +9,22 @@ from datacomp_plugins.toy import KINDS, write_toy_pool
 
 def test_compare_counts_are_consistent(tmp_path):
     write_toy_pool(str(tmp_path), shards=2, rows=2500)
-    rows, totals, relevant = compare(str(tmp_path), default_entries(0.3))
+    rows, totals, relevant = compare(str(tmp_path), default_entries(str(tmp_path), 0.3, 0.2))
     n = sum(totals.values())
-    assert [r.label.split()[0] for r in rows] == ["clip_score", "negcliploss"]
+    assert [r.label.split()[0] for r in rows] == ["clip_score", "negcliploss", "normsiminf", "normsim2",
+                                                   "normsim_d"]
     for row in rows:
-        assert row.kept == int(n * 0.3)
+        assert row.kept == int(n * (0.3 if row.label.startswith(("clip", "neg")) else 0.2))
         assert sum(row.by_kind.values()) == row.kept
         assert all(row.by_kind[k] <= totals[k] for k in KINDS)
         assert row.target_relevant <= relevant
-    clip, neg = rows
+    clip, neg, inf, two, _ = rows
     assert neg.by_kind["generic"] < clip.by_kind["generic"]
+    # with the target, NormSim keeps a larger share of target-relevant samples than quality alone
+    assert inf.target_relevant / inf.kept > 1.5 * neg.target_relevant / neg.kept
+    assert two.target_relevant / two.kept > 1.5 * neg.target_relevant / neg.kept
     table = render(rows, totals, relevant)
-    assert table.count("\n") == 3 and "| negcliploss 30% |" in table
+    assert table.count("\n") == 6 and "| negcliploss 30% |" in table
 
 
 def test_demo_command_rejects_bad_fraction(tmp_path, capsys):

@@ -12,6 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "fraction, and print how many samples of each planted kind it kept.")
     parser.add_argument("out", help="folder for the example pool and the uid files")
     parser.add_argument("--fraction", type=float, default=0.3, help="quality fraction of every baseline")
+    parser.add_argument("--normsim_fraction", type=float, default=0.2, help="final fraction of the NormSim rows")
     parser.add_argument("--rebuild", action="store_true", help="rewrite the example pool")
     parser.set_defaults(handler=run)
 
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from datacomp_plugins.select import check_fraction
 
     check_fraction(args.fraction, "--fraction")
-    rows, totals, relevant = compare(args.out, default_entries(args.fraction), rebuild=args.rebuild)
+    check_fraction(args.normsim_fraction, "--normsim_fraction")
+    entries = default_entries(args.out, args.fraction, args.normsim_fraction)
+    rows, totals, relevant = compare(args.out, entries, rebuild=args.rebuild)
     print(render(rows, totals, relevant))
     return 0
