@@ -39,6 +39,7 @@ BASELINES: dict[str, str | None] = {
     "normsim_d": "d",
 }
 PRECISIONS = ("fp32",)
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -66,6 +67,8 @@ class FilterConfig:
     target: str | None = None
     target_key: str | None = None
     normsim_d_iters: int = 500
+    engine: str = "local"
+    ray_address: str | None = None
     progress: bool = True
 
     @property
@@ -126,6 +129,8 @@ def validate(config: FilterConfig) -> None:
     if config.quality_score not in QUALITY_SCORES:
         raise PluginError(f"--quality_score {config.quality_score}: expected one of {list(QUALITY_SCORES)}")
     _validate_relevance(config)
+    if config.engine not in ENGINES:
+        raise PluginError(f"--engine {config.engine}: expected one of {list(ENGINES)}")
     if config.precision not in PRECISIONS:
         raise PluginError(f"--precision {config.precision}: expected one of {list(PRECISIONS)}")
     if config.num_gpus > 0:
@@ -182,7 +187,12 @@ def score_pool(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...], config:
     """Make sure every shard has every score cached; returns how many shards needed computing."""
     job = Job(pool, cache, scores)
     computed = 0
-    results = run_local(job, pool.shards, config.num_workers, config.num_gpus)
+    if config.engine == "ray":
+        from datacomp_plugins.engine_ray import run_ray
+
+        results = run_ray(job, pool.shards, config.num_workers, config.num_gpus, config.ray_address)
+    else:
+        results = run_local(job, pool.shards, config.num_workers, config.num_gpus)
     for result in tqdm(results, total=len(pool.shards), desc=f"scoring {config.name}", unit="shard",
                        disable=not config.progress):
         computed += bool(result.computed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from datacomp_plugins.filtering import BASELINES, PRECISIONS, QUALITY_SCORES, FilterConfig
+from datacomp_plugins.filtering import BASELINES, ENGINES, PRECISIONS, QUALITY_SCORES, FilterConfig
 from datacomp_plugins.pool import ARCH_DIMS
 from datacomp_plugins.scoring import CACHE_ENV
 
@@ -39,6 +39,10 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
                        help="normsim_d: iterations (capped so each drops at least one sample; paper: 500)")
     group.add_argument("--cache_dir", default=None,
                        help=f"score cache (default: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores)")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray')")
+    group.add_argument("--ray_address", default=None,
+                       help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
