@@ -26,7 +26,14 @@ from datacomp_plugins.scoring import (
     ScoreCache,
     default_cache_dir,
 )
-from datacomp_plugins.select import check_fraction, first_occurrence, threshold_mask, top_k_mask
+from datacomp_plugins.select import (
+    check_fraction,
+    first_occurrence,
+    index_in,
+    isin,
+    threshold_mask,
+    top_k_mask,
+)
 from datacomp_plugins.uids import UID_DTYPE, save_uid_file
 
 QUALITY_SCORES = ("negcliploss", "clip_score")
@@ -69,6 +76,10 @@ class FilterConfig:
     normsim_d_iters: int = 500
     engine: str = "local"
     ray_address: str | None = None
+    given_uids: str | None = None
+    external_scores: str | None = None
+    external_column: str | None = None
+    external_fraction: float | None = None
     progress: bool = True
 
     @property
@@ -129,6 +140,10 @@ def validate(config: FilterConfig) -> None:
     if config.quality_score not in QUALITY_SCORES:
         raise PluginError(f"--quality_score {config.quality_score}: expected one of {list(QUALITY_SCORES)}")
     _validate_relevance(config)
+    external = (config.external_scores, config.external_column, config.external_fraction)
+    if any(v is not None for v in external) and any(v is None for v in external):
+        raise PluginError("--external_scores, --external_column and --external_fraction go together")
+    check_fraction(config.external_fraction, "--external_fraction")
     if config.engine not in ENGINES:
         raise PluginError(f"--engine {config.engine}: expected one of {list(ENGINES)}")
     if config.precision not in PRECISIONS:
@@ -260,6 +275,61 @@ def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: 
     return mask
 
 
+def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summary: Summary) -> np.ndarray:
+    """Restrict the pool to other methods' selections before our stages (DFN's uid list, HYPE's scores).
+
+    ``--given_uids A.npy::B.npy`` keeps pool samples in every file; ``--external_scores`` keeps the top
+    ``--external_fraction`` of what remains by a score column keyed by uid. Our fractions are then shares
+    of the restricted pool, as in the official code.
+    """
+    from datacomp_plugins.uids import load_uid_file
+
+    for path in (config.given_uids.split("::") if config.given_uids else []):
+        given = load_uid_file(path)
+        inside = isin(uids, given) & eligible
+        summary.notes.append(f"{path}: {len(given)} uids, {len(given) - int(inside.sum())} not in the pool")
+        eligible = inside
+    if config.external_scores:
+        values = external_scores(config.external_scores, config.external_column, uids)
+        want = math.floor(int(eligible.sum()) * config.external_fraction)
+        eligible = top_k_mask(values, uids, want, eligible)
+        summary.notes.append(f"{config.external_column} top {config.external_fraction:g}: {int(eligible.sum())}")
+    return eligible
+
+
+def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
+    """A score per pool sample from a parquet file keyed by hex ``uid``; NaN where the file has none."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from datacomp_plugins.uids import parse_hex
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+            missing = [c for c in ("uid", column) if c not in schema.names]
+            if missing:
+                raise PluginError(f"--external_scores {path}: no column(s) {missing}; it has {schema.names}")
+            table = pq.ParquetFile(handle).read(columns=["uid", column])
+    except FileNotFoundError:
+        raise PluginError(f"--external_scores {path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"--external_scores {path}: unreadable parquet ({exc})") from None
+    if not pa_is_numeric(table.schema.field(column).type):
+        raise PluginError(f"--external_scores {path}: column {column!r} is {table.schema.field(column).type}, "
+                          "expected numbers")
+    theirs = parse_hex(table.column("uid"), source=path)
+    scores = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    row = index_in(uids, theirs)
+    return np.where(row >= 0, scores[row], np.nan)
+
+
+def pa_is_numeric(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
 def run_filter(config: FilterConfig) -> Summary:
     """Run one baseline end to end and write ``config.save_path``; returns the run's summary."""
     started = time.perf_counter()
@@ -275,8 +345,9 @@ def run_filter(config: FilterConfig) -> Summary:
     uids, columns = gather(pool, cache, tuple(scores))
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)
+    summary.duplicates = summary.pool_rows - int(eligible.sum())
+    eligible = _restrict(config, uids, eligible, summary)
     summary.pool_samples = int(eligible.sum())
-    summary.duplicates = summary.pool_rows - summary.pool_samples
     unscorable = np.zeros(len(uids), dtype=bool)
     for values in columns:
         unscorable |= ~np.isfinite(values)

@@ -54,6 +54,27 @@ def threshold_mask(scores: np.ndarray, threshold: float, eligible: np.ndarray | 
     return mask & eligible if eligible is not None else mask
 
 
+def _keys(uids: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """uids as 16-byte keys for pyarrow's hash kernels (equality only; the byte order is irrelevant)."""
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(16), len(uids), [None, pa.py_buffer(np.ascontiguousarray(uids, dtype=UID_DTYPE))])
+
+
+def isin(uids: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Mask of ``uids`` that appear in ``other``, O(n + m) with a hash set."""
+    if len(uids) == 0 or len(other) == 0:
+        return np.zeros(len(uids), dtype=bool)
+    return pc.is_in(_keys(uids), value_set=_keys(other)).to_numpy(zero_copy_only=False)
+
+
+def index_in(uids: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """For each of ``uids``, its row in ``other`` (first occurrence), or -1; O(n + m) with a hash table."""
+    if len(uids) == 0 or len(other) == 0:
+        return np.full(len(uids), -1, dtype=np.int64)
+    found = pc.index_in(_keys(uids), value_set=_keys(other))
+    return found.fill_null(-1).to_numpy().astype(np.int64)
+
+
 def first_occurrence(uids: np.ndarray) -> np.ndarray:
     """Mask keeping the first occurrence of each uid (pool order), in O(n) with a hash table.
 
@@ -62,8 +83,7 @@ def first_occurrence(uids: np.ndarray) -> np.ndarray:
     """
     if len(uids) == 0:
         return np.ones(0, dtype=bool)
-    keys = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(16), len(uids), [None, pa.py_buffer(np.ascontiguousarray(uids, dtype=UID_DTYPE))])
+    keys = _keys(uids)
     unique = pc.unique(keys)  # in order of first appearance
     if len(unique) == len(uids):
         return np.ones(len(uids), dtype=bool)

@@ -39,6 +39,14 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
                        help="normsim_d: iterations (capped so each drops at least one sample; paper: 500)")
     group.add_argument("--cache_dir", default=None,
                        help=f"score cache (default: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores)")
+    group.add_argument("--given_uids", default=None,
+                       help="restrict the pool to these uid files first (A.npy::B.npy = their intersection), "
+                            "e.g. DFN's datacomp_medium_dfn_20m_inds.npy; fractions are then of the restricted pool")
+    group.add_argument("--external_scores", default=None,
+                       help="parquet with a hex 'uid' column and a score column (e.g. HYPE scores you computed)")
+    group.add_argument("--external_column", default=None, help="score column of --external_scores")
+    group.add_argument("--external_fraction", type=float, default=None,
+                       help="keep the top share of the (restricted) pool by --external_column first")
     group.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray')")
     group.add_argument("--ray_address", default=None,
