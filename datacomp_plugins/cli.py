@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "datacomp_plugins.commands.filter",
     "datacomp_plugins.commands.toy_pool",
     "datacomp_plugins.commands.demo",
+    "datacomp_plugins.commands.recipe",
     "datacomp_plugins.commands.report",
     "datacomp_plugins.commands.embed",
 )

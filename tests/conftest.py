@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -81,3 +82,26 @@ def cache_dir(tmp_path, monkeypatch) -> str:
     path = str(tmp_path / "cache")
     monkeypatch.setenv("DATACOMP_PLUGINS_CACHE", path)
     return path
+
+
+def fake_assets(tmp_path, monkeypatch, corrupt: frozenset[str] = frozenset()):
+    """DataComp's five in1k files served from a local folder, with their sha256 in the table."""
+    import torch
+
+    from datacomp_plugins import targets
+
+    def features(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal((3, 768)).astype(np.float32)
+
+    served = tmp_path / "served"
+    served.mkdir(exist_ok=True)
+    table = {}
+    for i, name in enumerate(sorted(targets.IN1K_SHA256)):
+        torch.save({"image_features": torch.tensor(features(i))}, served / f"{name}.pt")
+        table[name] = hashlib.sha256((served / f"{name}.pt").read_bytes()).hexdigest()
+        if name in corrupt:
+            (served / f"{name}.pt").write_bytes(b"not the file")
+    monkeypatch.setattr(targets, "IN1K_SHA256", table)
+    monkeypatch.setattr(targets, "IN1K_BASE_URL", served.as_uri() + "/")
+    monkeypatch.setenv(targets.DATACOMP_CACHE_ENV, str(tmp_path / "datacomp-cache"))
+    return served

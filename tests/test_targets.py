@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_pool
+from conftest import fake_assets, make_pool
 
 from datacomp_plugins import targets
 from datacomp_plugins.cli import main
@@ -69,22 +68,6 @@ def test_bad_targets_through_the_cli(tmp_path, cache_dir, capsys, monkeypatch, c
     assert message in err and "Traceback" not in err
     assert not out.exists()
     assert not (tmp_path / "pwned-by-target").exists()
-
-
-def fake_assets(tmp_path, monkeypatch, corrupt: set[str] = frozenset()):
-    """DataComp's five in1k files served from a local folder, with their sha256 in the table."""
-    served = tmp_path / "served"
-    served.mkdir(exist_ok=True)
-    table = {}
-    for i, name in enumerate(sorted(targets.IN1K_SHA256)):
-        torch.save({"image_features": torch.tensor(rows(3, 768, seed=i))}, served / f"{name}.pt")
-        table[name] = hashlib.sha256((served / f"{name}.pt").read_bytes()).hexdigest()
-        if name in corrupt:
-            (served / f"{name}.pt").write_bytes(b"not the file")
-    monkeypatch.setattr(targets, "IN1K_SHA256", table)
-    monkeypatch.setattr(targets, "IN1K_BASE_URL", served.as_uri() + "/")
-    monkeypatch.setenv(targets.DATACOMP_CACHE_ENV, str(tmp_path / "datacomp-cache"))
-    return served
 
 
 def test_in1k_downloads_verifies_and_reuses(tmp_path, monkeypatch):
