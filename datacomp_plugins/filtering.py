@@ -45,7 +45,7 @@ BASELINES: dict[str, str | None] = {
     "normsiminf": "inf",
     "normsim_d": "d",
 }
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16", "fp16")
 ENGINES = ("local", "ray")
 
 

@@ -114,7 +114,7 @@ class NegCLIPLossScore(Score):
     def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
         import torch
 
-        from datacomp_plugins.metrics import negcliploss
+        from datacomp_plugins.metrics import COMPUTE_DTYPES, negcliploss
 
         image, text = (embeddings[k] for k in self.npz_keys)
         finite = np.isfinite(image).all(axis=1) & np.isfinite(text).all(axis=1)
@@ -134,7 +134,8 @@ class NegCLIPLossScore(Score):
         g = torch.from_numpy(np.ascontiguousarray(text[rows])).to(device)
         batches = [[torch.from_numpy(b).to(device) for b in r] for r in rounds]
         with torch.no_grad():
-            values = negcliploss(f, g, batches, self.temperature, reference, self.block_rows)
+            values = negcliploss(f, g, batches, self.temperature, reference, self.block_rows,
+                                 COMPUTE_DTYPES[self.precision])
         out[rows] = values.float().cpu().numpy()
         return out
 
@@ -185,16 +186,17 @@ class NormSimScore(Score):
     def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
         import torch
 
-        from datacomp_plugins.metrics import normsim2, normsim_inf
+        from datacomp_plugins.metrics import COMPUTE_DTYPES, normsim2, normsim_inf
 
         rows, image, out = _image_rows(embeddings, self.npz_keys[0], self.device)
         if len(rows):
             with torch.no_grad():
+                dtype = COMPUTE_DTYPES[self.precision]
                 if self.p == "2":
-                    values = normsim2(image, _matrix(self.gram_path, self.device))
+                    values = normsim2(image, _matrix(self.gram_path, self.device), dtype)
                 else:
                     target = _matrix(self.target_path, self.device)
-                    values = torch.cat([normsim_inf(image[i : i + self.block_rows], target)
+                    values = torch.cat([normsim_inf(image[i : i + self.block_rows], target, compute_dtype=dtype)
                                         for i in range(0, len(image), self.block_rows)])
             out[rows] = values.float().cpu().numpy()
         return out

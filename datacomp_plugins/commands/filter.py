@@ -22,7 +22,9 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
                        help="negCLIPLoss: teacher temperature τ (0.01 for OpenAI CLIP)")
     group.add_argument("--seed", type=int, default=0,
                        help="seed of the random batches (one generator per shard from seed and shard name)")
-    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help="score arithmetic")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="dtype of the matrix products (exp/log always in fp32); bf16 is ~3x faster on CPUs "
+                            "with bf16 units and on GPUs — see docs/PERFORMANCE.md for its effect on selection")
     group.add_argument("--quality_score", choices=QUALITY_SCORES, default="negcliploss",
                        help="normsim baselines: the quality stage's score (--fraction/--threshold); "
                             "--fraction 1.0 means no quality stage")
