@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "datacomp_plugins.commands.recipe",
     "datacomp_plugins.commands.report",
     "datacomp_plugins.commands.embed",
+    "datacomp_plugins.commands.uids",
 )
 
 

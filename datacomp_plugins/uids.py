@@ -20,12 +20,24 @@ from datacomp_plugins.fileio import atomic_save_npy, is_local, local_path
 UID_DTYPE = np.dtype("u8,u8")
 HEX_DIGITS = 32
 
-_NIBBLE = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _NIBBLE[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _NIBBLE[_c] = 10 + _i
-_HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
+def _hex_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Byte -> its two hex characters (as one little-endian uint16), and character pair -> byte (256 = bad).
+
+    One table lookup per byte instead of one per nibble: 3-4x faster than a nibble table on 20M uids.
+    """
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    pairs = np.stack([digits[np.arange(256) >> 4], digits[np.arange(256) & 15]], axis=1)
+    encode = np.ascontiguousarray(pairs).view("<u2").ravel()
+    nibble = np.full(256, 256, dtype=np.uint16)
+    nibble[digits] = np.arange(16)
+    nibble[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16)
+    codes = np.arange(65536)
+    first, second = nibble[codes & 255], nibble[codes >> 8]
+    decode = np.where((first < 16) & (second < 16), (first << 4) | second, 256).astype(np.uint16)
+    return encode, decode
+
+
+HEX_PAIRS, PAIR_VALUES = _hex_tables()
 
 
 def _bad(values: pa.Array, mask: np.ndarray, source: str, why: str) -> PluginError:
@@ -59,18 +71,17 @@ def parse_hex(values: pa.Array | pa.ChunkedArray | np.ndarray | list, source: st
     nbytes = pc.binary_length(values).to_numpy()
     if (nbytes == 0).any() or (nbytes > HEX_DIGITS).any():
         raise _bad(values, (nbytes == 0) | (nbytes > HEX_DIGITS), source, "wrong length")
-    padded = pc.utf8_lpad(values, width=HEX_DIGITS, padding="0")
+    padded = values if (nbytes == HEX_DIGITS).all() else pc.utf8_lpad(values, width=HEX_DIGITS, padding="0")
     offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64)[padded.offset : padded.offset + n + 1]
     raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     if raw.size != n * HEX_DIGITS:  # multi-byte characters: find the culprit for the message
         raise _bad(values, pc.utf8_length(padded).to_numpy() != pc.binary_length(padded).to_numpy(),
                    source, "not ASCII")
-    nibbles = _NIBBLE[raw].reshape(n, HEX_DIGITS)
-    invalid = nibbles == 255
+    pairs = PAIR_VALUES[raw.view("<u2").reshape(n, HEX_DIGITS // 2)]  # one lookup per byte of the uid
+    invalid = pairs > 255
     if invalid.any():
         raise _bad(values, invalid.any(axis=1), source, "not a hex digit")
-    packed = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]  # (n, 16) bytes, big-endian per half
-    halves = np.ascontiguousarray(packed).view(">u8")
+    halves = pairs.astype(np.uint8).view(">u8")
     out = np.empty(n, dtype=UID_DTYPE)
     out["f0"] = halves[:, 0]
     out["f1"] = halves[:, 1]
@@ -83,11 +94,8 @@ def to_hex(uids: np.ndarray) -> np.ndarray:
     halves = np.empty((len(uids), 2), dtype=">u8")
     halves[:, 0] = uids["f0"]
     halves[:, 1] = uids["f1"]
-    raw = halves.view(np.uint8).reshape(len(uids), 16)
-    chars = np.empty((len(uids), HEX_DIGITS), dtype="S1")
-    chars[:, 0::2] = _HEX[raw >> 4]
-    chars[:, 1::2] = _HEX[raw & 15]
-    return chars.view(f"S{HEX_DIGITS}").ravel()
+    chars = HEX_PAIRS[halves.view(np.uint8).reshape(len(uids), 16)]
+    return np.ascontiguousarray(chars).view(f"S{HEX_DIGITS}").ravel()
 
 
 def as_uid_array(array: np.ndarray, source: str) -> np.ndarray:
@@ -112,14 +120,54 @@ def is_sorted_unique(uids: np.ndarray) -> bool:
     return bool(np.all((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))))
 
 
-def sorted_unique(uids: np.ndarray) -> np.ndarray:
-    """Sorted copy without duplicates."""
-    uids = uids[sort_order(uids)]
+def sort_uids(uids: np.ndarray) -> np.ndarray:
+    """Sorted copy (duplicates kept), as 128-bit numbers with the high half major.
+
+    Sorts one uint64 key per uid, the top bits of the high half above the row index, with numpy's SIMD
+    sort; only runs whose prefixes tie (a few hundred among 20M random uids, all of them for adversarial
+    input) go through ``lexsort``.
+    """
+    n = len(uids)
+    if n == 0:
+        return np.zeros(0, dtype=UID_DTYPE)
+    bits = max(1, (n - 1).bit_length())
+    key = np.asarray(uids["f0"]) >> bits
+    key <<= bits
+    key |= np.arange(n, dtype=np.uint64)
+    key.sort()
+    key &= np.uint64((1 << bits) - 1)
+    out = np.asarray(uids)[key.view(np.int64)]
+    del key
+    prefix = out["f0"] >> bits
+    tie = prefix[1:] == prefix[:-1]
+    del prefix
+    if tie.any():
+        members = np.zeros(n, dtype=bool)
+        members[1:] = tie
+        members[:-1] |= tie
+        rows = np.flatnonzero(members)
+        group = out[rows]
+        out[rows] = group[np.lexsort((group["f1"], group["f0"]))]
+    return out
+
+
+def dedup_sorted(uids: np.ndarray) -> np.ndarray:
+    """Drop repeats from a sorted array (they are adjacent)."""
     if len(uids) < 2:
         return uids
     keep = np.ones(len(uids), dtype=bool)
     keep[1:] = (uids["f0"][1:] != uids["f0"][:-1]) | (uids["f1"][1:] != uids["f1"][:-1])
-    return uids[keep]
+    return uids if keep.all() else pick(uids, keep)
+
+
+def pick(uids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``uids[mask]`` as a new in-memory array; through indices, 2x faster than a mask on a structured array."""
+    return np.asarray(uids)[np.flatnonzero(mask)]
+
+
+def sorted_unique(uids: np.ndarray) -> np.ndarray:
+    """Sorted, deduplicated copy: what every uid file holds."""
+    return dedup_sorted(sort_uids(uids))
 
 
 def save_uid_file(path: str, uids: np.ndarray) -> int:
@@ -135,6 +183,17 @@ def load_uid_file(path: str, fix: bool = True) -> np.ndarray:
     With ``fix`` an unsorted or duplicated file is sorted and deduplicated with a warning; without it such
     a file is refused.
     """
+    array = read_uid_file(path)
+    if not is_sorted_unique(array):
+        if not fix:
+            raise PluginError(f"{path}: uids are not sorted ascending and unique, as the resharder needs")
+        warnings.warn(f"{path}: uids were not sorted and unique; sorted and deduplicated them", stacklevel=2)
+        array = sorted_unique(np.asarray(array))
+    return array
+
+
+def read_uid_file(path: str) -> np.ndarray:
+    """The array as stored (memory-mapped when local), dtype checked, order not: ``info`` reports on it."""
     try:
         if is_local(path):
             array = np.load(local_path(path), mmap_mode="r", allow_pickle=False)
@@ -145,12 +204,9 @@ def load_uid_file(path: str, fix: bool = True) -> np.ndarray:
                 array = np.load(handle, allow_pickle=False)
     except FileNotFoundError:
         raise PluginError(f"{path}: uid file not found") from None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise PluginError(f"{path}: not a readable .npy uid file ({exc})") from None
-    array = as_uid_array(array, path)
-    if not is_sorted_unique(array):
-        if not fix:
-            raise PluginError(f"{path}: uids are not sorted ascending and unique, as the resharder needs")
-        warnings.warn(f"{path}: uids were not sorted and unique; sorted and deduplicated them", stacklevel=2)
-        array = sorted_unique(np.asarray(array))
-    return array
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise PluginError(f"{path}: an .npz archive; expected a .npy uid file of dtype {UID_DTYPE}")
+    return as_uid_array(array, path)

@@ -43,3 +43,20 @@ def test_first_occurrence_keeps_first_copy():
     uids = np.array([(1, 1), (2, 2), (1, 1), (3, 3), (2, 2), (1, 1)], dtype=UID_DTYPE)
     assert first_occurrence(uids).tolist() == [True, True, False, True, False, False]
     assert first_occurrence(uids[:2]).tolist() == [True, True]
+
+
+def test_first_occurrence_verifies_key_collisions_exactly():
+    """Two different uids built to share the 64-bit sort key are both kept; true repeats are not."""
+    mix, mask = 0x9E3779B97F4A7C15, 2**64 - 1
+    lo1, lo2, hi1 = 12345, 67890, 2**63 + 7
+    hi2 = hi1 ^ ((lo1 * mix) & mask) ^ ((lo2 * mix) & mask)
+    uids = np.array([(hi1, lo1), (hi2, lo2), (5, 5), (hi2, lo2), (hi1, lo1)], dtype=UID_DTYPE)
+    assert first_occurrence(uids).tolist() == [True, True, True, False, False]
+    rng = np.random.default_rng(0)
+    big = np.zeros(5000, dtype=UID_DTYPE)
+    big["f0"], big["f1"] = rng.integers(0, 40, 5000), rng.integers(0, 40, 5000)
+    seen, want = set(), []
+    for row in big.tolist():
+        want.append(row not in seen)
+        seen.add(row)
+    assert first_occurrence(big).tolist() == want
