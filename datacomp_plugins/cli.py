@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "datacomp_plugins.commands.report",
     "datacomp_plugins.commands.embed",
     "datacomp_plugins.commands.uids",
+    "datacomp_plugins.commands.patch_datacomp",
 )
 
 

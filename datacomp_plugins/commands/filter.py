@@ -79,8 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> FilterConfig:
     """Take the FilterConfig fields from parsed arguments (unknown attributes are ignored)."""
-    names = {f.name for f in dataclasses.fields(FilterConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    fields = {f.name: f for f in dataclasses.fields(FilterConfig)}
+    # a flag left unset (None) by another parser, e.g. DataComp's --arch, keeps our default
+    values = {k: v for k, v in vars(args).items()
+              if k in fields and not (v is None and fields[k].default is not None)}
     values["progress"] = not getattr(args, "no_progress", False)
     return FilterConfig(**values)
 
