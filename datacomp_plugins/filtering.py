@@ -80,6 +80,7 @@ class FilterConfig:
     external_scores: str | None = None
     external_column: str | None = None
     external_fraction: float | None = None
+    streaming: bool = False
     progress: bool = True
 
     @property
@@ -144,6 +145,9 @@ def validate(config: FilterConfig) -> None:
     if any(v is not None for v in external) and any(v is None for v in external):
         raise PluginError("--external_scores, --external_column and --external_fraction go together")
     check_fraction(config.external_fraction, "--external_fraction")
+    if config.streaming and (config.relevance is not None or config.given_uids or config.external_scores):
+        raise PluginError("--streaming: only for a quality stage alone (clip_score, negcliploss) without "
+                          "--given_uids/--external_scores")
     if config.engine not in ENGINES:
         raise PluginError(f"--engine {config.engine}: expected one of {list(ENGINES)}")
     if config.precision not in PRECISIONS:
@@ -330,6 +334,32 @@ def pa_is_numeric(kind) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 
+def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: Score, summary: Summary,
+                   started: float) -> Summary:
+    """Quality-stage selection in passes over the cached score files (see streaming.py): bounded memory."""
+    from datacomp_plugins.streaming import threshold_streaming, top_k_streaming
+
+    def shards():
+        for shard in pool.shards:
+            uids = cache.load_uids(shard)
+            yield uids, np.asarray(cache.load_score(shard, score, len(uids)))
+
+    rows = unscorable = 0
+    for _, values in shards():
+        rows += len(values)
+        unscorable += int((~np.isfinite(values)).sum())
+    summary.pool_rows = summary.pool_samples = rows
+    summary.unscorable = unscorable
+    if config.fraction is not None:
+        kept = top_k_streaming(shards, math.floor(rows * config.fraction))
+    else:
+        kept = threshold_streaming(shards, config.threshold)
+    summary.kept = summary.after_quality = save_uid_file(config.save_path, kept)
+    summary.notes.append("streaming selection (duplicate uids merged in the output only)")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
 def run_filter(config: FilterConfig) -> Summary:
     """Run one baseline end to end and write ``config.save_path``; returns the run's summary."""
     started = time.perf_counter()
@@ -342,6 +372,8 @@ def run_filter(config: FilterConfig) -> Summary:
         scores.append(_relevance_score(config, cache, pool))
     summary = Summary(config.name, shards=len(pool.shards))
     summary.shards_scored = score_pool(pool, cache, tuple(scores), config)
+    if config.streaming:
+        return _run_streaming(config, pool, cache, scores[0], summary, started)
     uids, columns = gather(pool, cache, tuple(scores))
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)

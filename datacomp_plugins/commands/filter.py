@@ -49,6 +49,9 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--external_column", default=None, help="score column of --external_scores")
     group.add_argument("--external_fraction", type=float, default=None,
                        help="keep the top share of the (restricted) pool by --external_column first")
+    group.add_argument("--streaming", action="store_true",
+                       help="select in passes over the cached scores, holding only the kept uids (for pools "
+                            "whose ~22 bytes/sample of scores do not fit in memory; quality stage alone)")
     group.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray')")
     group.add_argument("--ray_address", default=None,

@@ -1,0 +1,56 @@
+"""Streaming selection equals the in-memory selection (exact top-k with uid tie-breaks, thresholds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_pool
+
+from datacomp_plugins.cli import main
+from datacomp_plugins.select import top_k_mask
+from datacomp_plugins.streaming import order_key, top_k_streaming
+from datacomp_plugins.uids import UID_DTYPE, sorted_unique
+
+
+def test_order_key_preserves_float_order():
+    values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 7.0, np.inf], dtype=np.float32)
+    keys = order_key(values)
+    assert (np.diff(keys.astype(np.int64)) >= 0).all()
+    assert keys[3] == keys[4]  # -0.0 == 0.0 as floats, so as keys too
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_streaming_top_k_matches_in_memory_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    shards = []
+    for n in (50, 0, 73, 31):
+        uids = np.zeros(n, dtype=UID_DTYPE)
+        uids["f0"], uids["f1"] = rng.integers(0, 4, n), rng.integers(0, 2**62, n)
+        scores = rng.choice(np.float32([0.1, 0.2, 0.2, 0.3, -1.0, np.nan]), n)  # heavy ties, NaN
+        shards.append((uids, scores))
+    all_uids = np.concatenate([u for u, _ in shards])
+    all_scores = np.concatenate([s for _, s in shards])
+    for k in (1, 17, 60, 140, 500):
+        want = sorted_unique(all_uids[top_k_mask(all_scores, all_uids, k)])
+        got = sorted_unique(top_k_streaming(lambda: iter(shards), k))
+        assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("selection", [["--fraction", "0.3"], ["--threshold", "0.3"]])
+def test_streaming_flag_writes_the_same_file(tmp_path, cache_dir, selection):
+    make_pool(str(tmp_path / "pool"), [60, 45, 80])
+    files = []
+    for extra in ([], ["--streaming"]):
+        out = tmp_path / f"out{len(extra)}.npy"
+        assert main(["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"),
+                     *selection, "--save_path", str(out), *extra]) == 0
+        files.append(out.read_bytes())
+    assert files[0] == files[1]
+
+
+def test_streaming_refuses_stages_it_cannot_do(tmp_path, cache_dir, capsys):
+    make_pool(str(tmp_path / "pool"), [20])
+    assert main(["filter", "--no_progress", "--name", "normsim_d", "--metadata_dir", str(tmp_path / "pool"),
+                 "--fraction", "0.5", "--normsim_fraction", "0.2", "--streaming",
+                 "--save_path", str(tmp_path / "o.npy")]) == 2
+    assert "--streaming: only for a quality stage alone" in capsys.readouterr().err
