@@ -61,7 +61,7 @@ class FilterConfig:
     threshold: float | None = None
     num_workers: int = 1
     num_gpus: int = 0
-    batch_size: int = 1024
+    batch_size: int = 512
     num_batches: int = 10
     negcliploss_batch_size: int = 32768
     temperature: float = 0.01

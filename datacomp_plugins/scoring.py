@@ -102,7 +102,7 @@ class NegCLIPLossScore(Score):
     batch_size: int = 32768
     temperature: float = 0.01
     seed: int = 0
-    block_rows: int = 512
+    block_rows: int = field(default=512, metadata={"key": False})  # changes memory and speed, never a bit
     device: str = "cpu"
     precision: str = "fp32"
     name: str = field(init=False, default="negcliploss")
@@ -130,8 +130,10 @@ class NegCLIPLossScore(Score):
             rng = np.random.default_rng(shard_seed(self.seed, shard.stem))
             rounds = [partition(n, self.batch_size, rng) for _ in range(self.num_batches)]
         device = torch.device(self.device)
-        f = torch.from_numpy(np.ascontiguousarray(image[rows])).to(device)
-        g = torch.from_numpy(np.ascontiguousarray(text[rows])).to(device)
+        if n < len(image):
+            image, text = image[rows], text[rows]
+        f = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+        g = torch.from_numpy(np.ascontiguousarray(text)).to(device)
         batches = [[torch.from_numpy(b).to(device) for b in r] for r in rounds]
         with torch.no_grad():
             values = negcliploss(f, g, batches, self.temperature, reference, self.block_rows,

@@ -123,3 +123,39 @@ def test_low_precision_products_stay_close_to_float64(dtype):
                       [[torch.arange(n)]], tau, n, 32, dtype).numpy()
     assert np.isfinite(got).all()
     assert np.abs(got - exact).max() < (5e-3 if dtype == torch.bfloat16 else 1e-3)
+
+
+def test_rows_and_columns_that_underflow_the_shift_are_exact():
+    """Similarities of -1 at τ=0.01 sit ~114 below the constant shift: their exps underflow to 0."""
+    img = np.array([[-1.0, 0.0], [0.6, 0.8], [0.8, 0.6]])
+    txt = np.array([[1.0, 0.0], [1.0, 0.0], [-0.6, -0.8]])  # image 0 matches nothing; so does text 2
+    tau = 0.01
+    got = normalisation_term(torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32),
+                             [torch.arange(3)], tau, 3, block_rows=256).numpy()
+    brute = brute_r(img, txt, np.arange(3), tau, 3)
+    np.testing.assert_allclose(got, [brute[i] for i in range(3)], rtol=1e-6)
+
+
+def test_block_size_changes_no_bit():
+    rng = np.random.default_rng(8)
+    img = torch.tensor(unit(rng, 700, 16), dtype=torch.float32)
+    txt = torch.tensor(unit(rng, 700, 16), dtype=torch.float32)
+    results = [normalisation_term(img, txt, [torch.arange(700)], 0.01, 700, rows) for rows in (256, 512, 1024)]
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("n", [60, 300, 1100])
+def test_thread_count_changes_no_bit(n):
+    """Workers split the cores: a score must not depend on how many threads computed it."""
+    rng = np.random.default_rng(n)
+    img = torch.tensor(unit(rng, n, 768), dtype=torch.float32)
+    txt = torch.tensor(unit(rng, n, 768), dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(negcliploss(img, txt, [[torch.arange(n)]], 0.01, n, 512))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
