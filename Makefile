@@ -15,9 +15,9 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) -e .
 	touch $@
 
-# Tests need every extra the test suite exercises (open_clip for `embed`, matplotlib for `report`).
+# Tests need every extra the test suite exercises (open_clip for `embed`, matplotlib for `report`, Ray).
 $(VENV)/.test: $(VENV)/.core pyproject.toml
-	$(PIP) -e ".[test,embed,report]"
+	$(PIP) -e ".[test,embed,report,ray]"
 	touch $@
 
 demo: $(VENV)/.core

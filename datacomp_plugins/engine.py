@@ -35,19 +35,9 @@ def _init_worker(job: Job, threads: int, gpu_queue: mp.Queue | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    if gpu_queue is not None:
-        gpu = gpu_queue.get()
-        torch.cuda.set_device(gpu)
-        job = Job(job.pool, job.cache, tuple(_on_device(s, f"cuda:{gpu}") for s in job.scores))
+    if gpu_queue is not None:  # "cuda" then means this worker's GPU; the cache key keeps saying "cuda"
+        torch.cuda.set_device(gpu_queue.get())
     _JOB = job
-
-
-def _on_device(score: Score, device: str) -> Score:
-    import dataclasses
-
-    if hasattr(score, "device"):
-        return dataclasses.replace(score, device=device)
-    return score
 
 
 def _work(shard: Shard) -> ShardResult:
@@ -72,9 +62,7 @@ def run_local(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int
     """Score ``shards``, yielding each result as it completes (order may vary; results do not)."""
     workers = max(1, num_gpus if num_gpus > 0 else num_workers)
     workers = min(workers, max(1, len(shards)))
-    if workers == 1:
-        if num_gpus > 0:  # one GPU: run here, no process to start
-            job = Job(job.pool, job.cache, tuple(_on_device(s, "cuda:0") for s in job.scores))
+    if workers == 1:  # one process (and at most one GPU, the current one): run here
         yield from _run_prefetching(job, shards)
         return
     context = mp.get_context("spawn")

@@ -152,7 +152,7 @@ def validate(config: FilterConfig) -> None:
         raise PluginError(f"--engine {config.engine}: expected one of {list(ENGINES)}")
     if config.precision not in PRECISIONS:
         raise PluginError(f"--precision {config.precision}: expected one of {list(PRECISIONS)}")
-    if config.num_gpus > 0:
+    if config.num_gpus > 0 and config.engine == "local":  # Ray checks its cluster's GPUs itself
         import torch
 
         if torch.cuda.device_count() < config.num_gpus:
