@@ -9,7 +9,7 @@ meaningful on any machine. Two pools:
 - ``full``: shards of 2·B rows — every round is a real new partition, so the work done is exactly the cost
   model's; this is the honest fraction of roofline.
 
-Usage: python tools/bench_negcliploss.py [--shards 4] [--repeats 3] [--device cpu]
+Usage: python tools/bench_negcliploss.py [--shards 4] [--repeats 3] [--num_gpus 0] [--precision fp32]
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ def write_pool(folder: str, shards: int, rows: int, dim: int, seed: int = 0) -> 
             handle.write(buffer.getvalue())
 
 
-def matmul_rate(size: int, dim: int, device: str, repeats: int = 5) -> float:
-    """Median fp32 GFLOP/s of a size×dim @ dim×size product (the shape negCLIPLoss multiplies)."""
-    a = torch.randn(size, dim, device=device)
-    b = torch.randn(dim, size, device=device)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_rate(size: int, dim: int, device: str, repeats: int = 5, precision: str = "fp32") -> float:
+    """Median GFLOP/s of a size×dim @ dim×size product (the shape negCLIPLoss multiplies) in ``precision``."""
+    a = torch.randn(size, dim, device=device).to(DTYPES[precision])
+    b = torch.randn(dim, size, device=device).to(DTYPES[precision])
     times = []
     for _ in range(repeats + 1):
         if device != "cpu":
@@ -64,13 +67,13 @@ def matmul_rate(size: int, dim: int, device: str, repeats: int = 5) -> float:
 
 
 def run_case(label: str, folder: str, rows: int, shards: int, k: int, b: int, dim: int, repeats: int,
-             num_gpus: int) -> dict:
+             num_gpus: int, precision: str = "fp32") -> dict:
     seconds = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
             config = FilterConfig(name="negcliploss", metadata_dir=folder, save_path=os.path.join(cache, "o.npy"),
                                   fraction=0.3, num_batches=k, negcliploss_batch_size=b, cache_dir=cache,
-                                  num_gpus=num_gpus, progress=False)
+                                  num_gpus=num_gpus, precision=precision, progress=False)
             start = time.perf_counter()
             run_filter(config)
             seconds.append(time.perf_counter() - start)
@@ -89,19 +92,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8192, help="B")
     parser.add_argument("--rounds", type=int, default=2, help="K")
     parser.add_argument("--num_gpus", type=int, default=0)
+    parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32",
+                        help="score precision; the roofline is measured in the same precision")
     args = parser.parse_args()
     dim, b, k = 768, args.batch, args.rounds
     device = "cuda" if args.num_gpus else "cpu"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {args.precision}")
     with tempfile.TemporaryDirectory() as root:
         cases = [("spec", b), ("full", 2 * b)]
         results = []
         for label, rows in cases:
             folder = os.path.join(root, label)
             write_pool(folder, args.shards, rows, dim)
-            roof_before = matmul_rate(b, dim, device)
-            result = run_case(label, folder, rows, args.shards, k, b, dim, args.repeats, args.num_gpus)
-            roof = statistics.median([roof_before, matmul_rate(b, dim, device)])
+            roof_before = matmul_rate(b, dim, device, precision=args.precision)
+            result = run_case(label, folder, rows, args.shards, k, b, dim, args.repeats, args.num_gpus,
+                              args.precision)
+            roof = statistics.median([roof_before, matmul_rate(b, dim, device, precision=args.precision)])
             result["roofline_gflops"] = roof
             results.append((rows, result))
     print(f"{'pool':<6} {'shards x rows':>14} {'samples/s':>10} {'GFLOP/s (cost model)':>21} "
