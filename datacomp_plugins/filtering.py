@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from datacomp_plugins.engine import Job, run_local
@@ -288,11 +289,12 @@ def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summ
     """
     from datacomp_plugins.uids import load_uid_file
 
+    unique = eligible
     for path in (config.given_uids.split("::") if config.given_uids else []):
         given = load_uid_file(path)
-        inside = isin(uids, given) & eligible
+        inside = isin(uids, given) & unique
         summary.notes.append(f"{path}: {len(given)} uids, {len(given) - int(inside.sum())} not in the pool")
-        eligible = inside
+        eligible = eligible & inside
     if config.external_scores:
         values = external_scores(config.external_scores, config.external_column, uids)
         want = math.floor(int(eligible.sum()) * config.external_fraction)
@@ -310,16 +312,17 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
 
     try:
         with fsspec.open(path, "rb") as handle:
-            schema = pq.ParquetFile(handle).schema_arrow
-            missing = [c for c in ("uid", column) if c not in schema.names]
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            missing = [c for c in ("uid", column) if c not in names]
             if missing:
-                raise PluginError(f"--external_scores {path}: no column(s) {missing}; it has {schema.names}")
-            table = pq.ParquetFile(handle).read(columns=["uid", column])
+                raise PluginError(f"--external_scores {path}: no column(s) {missing}; it has {names}")
+            table = parquet.read(columns=["uid", column])
     except FileNotFoundError:
         raise PluginError(f"--external_scores {path}: file not found") from None
     except (OSError, ValueError) as exc:
         raise PluginError(f"--external_scores {path}: unreadable parquet ({exc})") from None
-    if not pa_is_numeric(table.schema.field(column).type):
+    if not _is_numeric(table.schema.field(column).type):
         raise PluginError(f"--external_scores {path}: column {column!r} is {table.schema.field(column).type}, "
                           "expected numbers")
     theirs = parse_hex(table.column("uid"), source=path)
@@ -328,9 +331,7 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
     return np.where(row >= 0, scores[row], np.nan)
 
 
-def pa_is_numeric(kind) -> bool:
-    import pyarrow as pa
-
+def _is_numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 

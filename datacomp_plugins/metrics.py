@@ -132,8 +132,3 @@ def normsim_inf(image: torch.Tensor, target: torch.Tensor, block: int = 16384,
         part = target[start : start + block].to(device=image.device, dtype=dtype)
         torch.maximum(best, (rows @ part.T).amax(dim=1).to(image.dtype), out=best)
     return best
-
-
-def normsim2_squared_scores(image: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """f_iᵀ G f_i for every row: the score NormSim_2-D ranks by (monotone in NormSim_2)."""
-    return ((image @ gram) * image).sum(dim=1)

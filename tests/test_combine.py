@@ -53,6 +53,7 @@ def test_given_uids_intersection_and_fraction_of_restricted_pool(tmp_path, cache
     want = top(restricted, clip, hexes, math.floor(len(restricted) * 0.5))
     assert np.load(out).tolist() == sorted(as_uid(hexes[i]) for i in want)
     assert f"a.npy: 75 uids, {75 - 70} not in the pool" in text
+    assert "b.npy: 80 uids, 0 not in the pool" in text  # counted against the pool, not against a.npy
     assert f"of {len(restricted)} samples" in text
 
 
