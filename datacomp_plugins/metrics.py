@@ -49,13 +49,18 @@ def _exp_sums(scaled: torch.Tensor, text: torch.Tensor, shift: float, block_rows
         right[:, dim] = 1.0
     else:
         left, right = scaled.to(dtype), text.to(dtype)
+    # bf16 keeps float32's exponent range, so its logits are exponentiated and summed as they are (BLAS
+    # gemv accumulates in float32; rounding the sums adds 2^-9, far below bf16's own rounding of the
+    # logits). fp16 cannot hold exp above ~11, so its logits are widened first.
+    narrow = dtype == torch.bfloat16
+    work = dtype if narrow else wide
     row = torch.empty(n, dtype=wide, device=scaled.device)
     col = torch.zeros(n, dtype=wide, device=scaled.device)
     step = max(_PIECE, block_rows // _PIECE * _PIECE)
-    ones = torch.ones(_PIECE, dtype=wide, device=scaled.device)
+    ones = torch.ones(max(_PIECE, n), dtype=work, device=scaled.device)
     for start in range(0, n, step):
-        block = (left[start : start + step] @ right.T).to(wide).exp_()
-        row[start : start + step] = block.sum(dim=1)
+        block = (left[start : start + step] @ right.T).to(work).exp_()
+        row[start : start + step] = block @ ones[:n] if narrow else block.sum(dim=1)
         for piece in range(0, len(block), _PIECE):
             part = block[piece : piece + _PIECE]
             col += ones[: len(part)] @ part
