@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import atomic_save_npy
+from datacomp_plugins.fileio import atomic_open, atomic_save_npy
 from datacomp_plugins.pool import ARCH_DIMS, Pool, Shard
 from datacomp_plugins.uids import UID_DTYPE
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 CACHE_ENV = "DATACOMP_PLUGINS_CACHE"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_cache_dir() -> str:
@@ -233,17 +234,32 @@ class ScoreCache:
         return _load_valid(self.score_path(shard, score), np.dtype(np.float32), num_rows)
 
     def save(self, path: str, array: np.ndarray) -> None:
+        """Write ``array`` and, first, the CRC32 of its bytes (``<path>.crc32``), both atomically."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        array = np.ascontiguousarray(array)
+        with atomic_open(path + CRC_SUFFIX, "w") as handle:
+            handle.write(f"{zlib.crc32(array):08x}")
         atomic_save_npy(path, array)
 
 
+CRC_SUFFIX = ".crc32"
+
+
 def _load_valid(path: str, dtype: np.dtype, rows: int | None) -> np.ndarray | None:
-    """The cached array, or None when it is missing, truncated, or of the wrong type or length."""
+    """The cached array, or None when it is missing, truncated, corrupt, or of the wrong type or length.
+
+    Corruption that keeps the length (a flipped bit, a file overwritten in place) is caught by the CRC32
+    written beside it; a rerun then recomputes that shard instead of selecting from garbage.
+    """
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path + CRC_SUFFIX) as handle:
+            expected = handle.read().strip()
     except (OSError, ValueError, EOFError):
         return None
     if array.dtype != dtype or array.ndim != 1 or (rows is not None and len(array) != rows):
+        return None
+    if f"{zlib.crc32(np.ascontiguousarray(array)):08x}" != expected:
         return None
     return array
 

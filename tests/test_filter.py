@@ -74,9 +74,18 @@ def test_cache_is_reused_and_invalidated(tmp_path, cache_dir, capsys):
     # a truncated cache file is detected and recomputed
     folder = os.path.join(cache_dir, os.listdir(cache_dir)[0], "00000000")
     for name in os.listdir(folder):
-        if name.startswith("negcliploss"):
+        if name.startswith("negcliploss") and name.endswith(".npy"):
             with open(os.path.join(folder, name), "r+b") as handle:
                 handle.truncate(100)
+    run_cli(*args)
+    assert "(1 scored, 1 from cache)" in capsys.readouterr().out
+    assert np.load(tmp_path / "a.npy").tolist() == np.load(tmp_path / "b.npy").tolist()
+    # corruption that keeps the length (the scores of shard 1 overwritten in place) is caught by the CRC
+    folder = os.path.join(cache_dir, os.listdir(cache_dir)[0], "00000001")
+    for name in os.listdir(folder):
+        if name.startswith("negcliploss") and name.endswith(".npy"):
+            values = np.load(os.path.join(folder, name))
+            np.save(os.path.join(folder, name), -values)  # same dtype, same length, reversed ranking
     run_cli(*args)
     assert "(1 scored, 1 from cache)" in capsys.readouterr().out
     assert np.load(tmp_path / "a.npy").tolist() == np.load(tmp_path / "b.npy").tolist()
@@ -212,7 +221,7 @@ def test_interrupted_run_leaves_no_uid_file(tmp_path, cache_dir):
                              str(out), "--no_progress"], env={**os.environ, "DATACOMP_PLUGINS_CACHE": cache_dir})
     deadline = time.time() + 60
     while time.time() < deadline and not any(
-            n.startswith("negcliploss") for _, _, files in os.walk(cache_dir) for n in files):
+            n.startswith("negcliploss") and n.endswith(".npy") for _, _, files in os.walk(cache_dir) for n in files):
         time.sleep(0.05)
     proc.kill()
     proc.wait()

@@ -20,7 +20,7 @@ from datacomp_plugins.pool import Pool, with_retries
 
 
 def cached_scores(cache_dir: str) -> int:
-    return sum(n.startswith("negcliploss") for _, _, files in os.walk(cache_dir) for n in files)
+    return sum(n.startswith("negcliploss") and n.endswith(".npy") for _, _, files in os.walk(cache_dir) for n in files)
 
 
 def test_sigkill_then_rerun_finishes_the_rest_and_matches(tmp_path, capsys):
