@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -29,35 +30,52 @@ def clip_score(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 COMPUTE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _exp_sums(scaled: torch.Tensor, text: torch.Tensor, shift: float, block_rows: int,
-              compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column sums of exp(scaled @ text.T - shift), a block of rows at a time.
+@dataclass
+class _Operands:
+    """Work done once per shard for all its batches and rounds: image rows scaled by 1/τ, the copies the
+    product reads (narrowed to the compute dtype), and a bound on every logit."""
+
+    scaled: torch.Tensor  # f/τ in the input dtype
+    text: torch.Tensor
+    left: torch.Tensor  # what the product reads: scaled, or scaled narrowed to the compute dtype
+    right: torch.Tensor
+    largest: float  # max |f| · max |g|: every logit of every batch is at most largest/τ
+
+    @classmethod
+    def of(cls, image: torch.Tensor, text: torch.Tensor, inv_tau: float,
+           compute_dtype: torch.dtype | None) -> _Operands:
+        scaled = image * inv_tau
+        left, right = (scaled, text) if compute_dtype is None else (scaled.to(compute_dtype), text.to(compute_dtype))
+        largest = float(image.norm(dim=1).max() * text.norm(dim=1).max()) if len(image) else 0.0
+        return cls(scaled, text, left, right, largest)
+
+
+def _exp_sums(left: torch.Tensor, right: torch.Tensor, shift: float, block_rows: int,
+              wide: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column sums of exp(left @ right.T - shift), a block of rows at a time, in ``wide`` precision.
 
     A non-zero shift rides along as an extra embedding column, (f/τ, -shift)·(g, 1), so it costs no pass
     over the logits. Column sums go through fixed pieces of rows (BLAS gemv, ~20x faster than
-    ``sum(dim=0)``), so no bit depends on ``block_rows``.
+    ``sum(dim=0)``), so no bit depends on ``block_rows``. bf16 keeps float32's exponent range, so its logits
+    are exponentiated and summed as they are (gemv accumulates in float32; rounding the sums adds 2^-9,
+    far below bf16's own rounding of the logits); fp16 cannot hold exp above ~11 and is widened first.
     """
-    n, dim = scaled.shape
-    wide = scaled.dtype
-    dtype = compute_dtype or wide
+    n, dim = left.shape
     if shift:
-        left = torch.empty((n, dim + 1), dtype=dtype, device=scaled.device)
-        left[:, :dim] = scaled
-        left[:, dim] = -shift
-        right = torch.empty((n, dim + 1), dtype=dtype, device=scaled.device)
-        right[:, :dim] = text
-        right[:, dim] = 1.0
-    else:
-        left, right = scaled.to(dtype), text.to(dtype)
-    # bf16 keeps float32's exponent range, so its logits are exponentiated and summed as they are (BLAS
-    # gemv accumulates in float32; rounding the sums adds 2^-9, far below bf16's own rounding of the
-    # logits). fp16 cannot hold exp above ~11, so its logits are widened first.
-    narrow = dtype == torch.bfloat16
-    work = dtype if narrow else wide
-    row = torch.empty(n, dtype=wide, device=scaled.device)
-    col = torch.zeros(n, dtype=wide, device=scaled.device)
+        augmented = torch.empty((n, dim + 1), dtype=left.dtype, device=left.device)
+        augmented[:, :dim] = left
+        augmented[:, dim] = -shift
+        left = augmented
+        augmented = torch.empty((n, dim + 1), dtype=right.dtype, device=right.device)
+        augmented[:, :dim] = right
+        augmented[:, dim] = 1.0
+        right = augmented
+    narrow = left.dtype == torch.bfloat16
+    work = left.dtype if narrow else wide
+    row = torch.empty(n, dtype=wide, device=left.device)
+    col = torch.zeros(n, dtype=wide, device=left.device)
     step = max(_PIECE, block_rows // _PIECE * _PIECE)
-    ones = torch.ones(max(_PIECE, n), dtype=work, device=scaled.device)
+    ones = torch.ones(max(_PIECE, n), dtype=work, device=left.device)
     for start in range(0, n, step):
         block = (left[start : start + step] @ right.T).to(work).exp_()
         row[start : start + step] = block @ ones[:n] if narrow else block.sum(dim=1)
@@ -67,9 +85,9 @@ def _exp_sums(scaled: torch.Tensor, text: torch.Tensor, shift: float, block_rows
     return row, col
 
 
-def _pair_logsumexp(image: torch.Tensor, text: torch.Tensor, inv_tau: float, block_rows: int,
-                    compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column logsumexp of the logits ``image @ text.T / τ`` without holding the whole matrix.
+def _pair_logsumexp(ops: _Operands, idx: torch.Tensor | None, inv_tau: float,
+                    block_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column logsumexp of the logits of batch ``idx`` (None: all rows), never holding them all.
 
     Why this shape: the matrix product is the cost we cannot avoid, so everything else must be cheap:
     one exp pass over each block of logits, then its row and column sums. No max pass is needed because
@@ -79,28 +97,43 @@ def _pair_logsumexp(image: torch.Tensor, text: torch.Tensor, inv_tau: float, blo
     shift c = ceil(M/τ + log n - 88) that makes every term and sum fit. A row or column whose sum is tiny
     (all its logits ~57 below the shift) may have lost terms to underflow and is recomputed exactly.
     The result does not depend on ``block_rows`` or the thread count (same sums in the same order).
-
-    With ``compute_dtype`` (bf16/fp16) only the product runs in it; exp and sums use the input dtype.
     """
-    n = image.shape[0]
-    largest = float(image.norm(dim=1).max() * text.norm(dim=1).max())
-    bound = largest * inv_tau + math.log(n)  # log of the largest possible sum
-    scaled = image * inv_tau
+    pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+    left, right = pick(ops.left), pick(ops.right)
+    n, wide = len(left), ops.scaled.dtype
+    bound = ops.largest * inv_tau + math.log(n)  # log of the largest possible sum
     shift = 0.0
-    row, col = _exp_sums(scaled, text, shift, block_rows, compute_dtype)
+    row, col = _exp_sums(left, right, shift, block_rows, wide)
     if bound >= _EXP_CEILING and not bool(torch.isfinite(row).all() and torch.isfinite(col).all()):
         shift = float(math.ceil(bound - _EXP_CEILING))
-        row, col = _exp_sums(scaled, text, shift, block_rows, compute_dtype)
+        row, col = _exp_sums(left, right, shift, block_rows, wide)
     low_rows, low_cols = row < _UNDERFLOW_GUARD, col < _UNDERFLOW_GUARD
     row = row.log_().add_(shift)
     col = col.log_().add_(shift)
-    if bool(low_rows.any()):
-        rows = low_rows.nonzero().squeeze(1)
-        row[rows] = torch.logsumexp(scaled[rows] @ text.T, dim=1)
-    if bool(low_cols.any()):
-        cols = low_cols.nonzero().squeeze(1)
-        col[cols] = torch.logsumexp(scaled @ text[cols].T, dim=0)
+    if bool(low_rows.any()) or bool(low_cols.any()):
+        scaled, text = pick(ops.scaled), pick(ops.text)
+        rows, cols = low_rows.nonzero().squeeze(1), low_cols.nonzero().squeeze(1)
+        if len(rows):
+            row[rows] = torch.logsumexp(scaled[rows] @ text.T, dim=1)
+        if len(cols):
+            col[cols] = torch.logsumexp(scaled @ text[cols].T, dim=0)
     return row, col
+
+
+def _round_terms(ops: _Operands, n: int, batches: Sequence[torch.Tensor | None], temperature: float,
+                 reference_size: int, block_rows: int) -> torch.Tensor:
+    inv_tau = 1.0 / temperature
+    out = torch.full((n,), float("nan"), dtype=ops.scaled.dtype, device=ops.scaled.device)
+    for idx in batches:
+        row, col = _pair_logsumexp(ops, idx, inv_tau, block_rows)
+        size = n if idx is None else len(idx)
+        shift = math.log(reference_size) - math.log(size)
+        value = (row + col + 2.0 * shift) * (temperature / 2.0)
+        if idx is None:
+            out = value
+        else:
+            out[idx] = value
+    return out
 
 
 def normalisation_term(image: torch.Tensor, text: torch.Tensor, batches: Sequence[torch.Tensor],
@@ -111,27 +144,25 @@ def normalisation_term(image: torch.Tensor, text: torch.Tensor, batches: Sequenc
     R_B(i) = (τ/2)[log Σ_{j∈B} exp(f_i·g_j/τ) + log Σ_{j∈B} exp(f_j·g_i/τ)], each log-sum taken as a
     log-mean-exp scaled to ``reference_size`` (log Σ - log|B| + log reference_size): exactly the sum for a
     batch of the reference size, and without the log|B| drift that a short batch would otherwise add.
-    Samples not in any batch get NaN.
+    Samples not in any batch get NaN. With ``compute_dtype`` (bf16/fp16) the product runs in it.
     """
-    inv_tau = 1.0 / temperature
-    out = torch.full((image.shape[0],), float("nan"), dtype=image.dtype, device=image.device)
-    for idx in batches:
-        row, col = _pair_logsumexp(image[idx], text[idx], inv_tau, block_rows, compute_dtype)
-        shift = math.log(reference_size) - math.log(len(idx))
-        out[idx] = (row + col + 2.0 * shift) * (temperature / 2.0)
-    return out
+    ops = _Operands.of(image, text, 1.0 / temperature, compute_dtype)
+    return _round_terms(ops, len(image), batches, temperature, reference_size, block_rows)
 
 
-def negcliploss(image: torch.Tensor, text: torch.Tensor, rounds: Sequence[Sequence[torch.Tensor]],
+def negcliploss(image: torch.Tensor, text: torch.Tensor, rounds: Sequence[Sequence[torch.Tensor | None]],
                 temperature: float, reference_size: int, block_rows: int = 512,
                 compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """negCLIPLoss(i) = CLIPScore(i) - mean over rounds of R(i), one round = one partition into batches.
 
-    Equals τ × (minus the symmetric CLIP loss of sample i) averaged over the rounds (paper, eq. 1).
+    Equals τ × (minus the symmetric CLIP loss of sample i) averaged over the rounds (paper, eq. 1). A batch
+    given as None is all samples in their own order (no gather). Scaling and narrowing are done once for
+    all rounds.
     """
+    ops = _Operands.of(image, text, 1.0 / temperature, compute_dtype)
     total = torch.zeros(image.shape[0], dtype=image.dtype, device=image.device)
     for batches in rounds:
-        total += normalisation_term(image, text, batches, temperature, reference_size, block_rows, compute_dtype)
+        total += _round_terms(ops, len(image), batches, temperature, reference_size, block_rows)
     return clip_score(image, text) - total / len(rounds)
 
 

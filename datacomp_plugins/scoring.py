@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 CACHE_ENV = "DATACOMP_PLUGINS_CACHE"
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def default_cache_dir() -> str:
@@ -125,8 +125,8 @@ class NegCLIPLossScore(Score):
             return out
         n = len(rows)
         reference = min(self.batch_size, n)
-        if reference == n:  # one batch = the whole shard: every round is the same
-            rounds = [[np.arange(n)]]
+        if reference == n:  # one batch = the whole shard (None: in row order, no gather): every round is the same
+            rounds = [[None]]
         else:
             rng = np.random.default_rng(shard_seed(self.seed, shard.stem))
             rounds = [partition(n, self.batch_size, rng) for _ in range(self.num_batches)]
@@ -135,7 +135,7 @@ class NegCLIPLossScore(Score):
             image, text = image[rows], text[rows]
         f = torch.from_numpy(np.ascontiguousarray(image)).to(device)
         g = torch.from_numpy(np.ascontiguousarray(text)).to(device)
-        batches = [[torch.from_numpy(b).to(device) for b in r] for r in rounds]
+        batches = [[None if b is None else torch.from_numpy(b).to(device) for b in r] for r in rounds]
         with torch.no_grad():
             values = negcliploss(f, g, batches, self.temperature, reference, self.block_rows,
                                  COMPUTE_DTYPES[self.precision])
