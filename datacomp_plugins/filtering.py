@@ -220,16 +220,19 @@ def score_pool(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...], config:
 
 
 def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Pool-wide uid column and score columns, in shard order, read from the cache only."""
+    """Pool-wide uid column and score columns, in shard order, read from the cache only.
+
+    Called after scoring, which verified (or wrote) every file, so the CRCs are not checked again.
+    """
     uids: list[np.ndarray] = []
     columns: list[list[np.ndarray]] = [[] for _ in scores]
     for shard in pool.shards:
-        shard_uids = cache.load_uids(shard)
+        shard_uids = cache.load_uids(shard, verify=False)
         if shard_uids is None:
             raise PluginError(f"score cache {cache.folder(shard)}: uids missing after scoring")
         uids.append(np.asarray(shard_uids))
         for column, score in zip(columns, scores, strict=True):
-            values = cache.load_score(shard, score, len(shard_uids))
+            values = cache.load_score(shard, score, len(shard_uids), verify=False)
             if values is None:
                 raise PluginError(f"score cache {cache.folder(shard)}: {score.name} missing after scoring")
             column.append(np.asarray(values))
@@ -267,7 +270,7 @@ def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: 
     from datacomp_plugins.dynamic import iterate, spill_image_embeddings
 
     key = f"{config.arch}_img"
-    offsets = np.cumsum([0] + [len(cache.load_uids(s)) for s in pool.shards])
+    offsets = np.cumsum([0] + [len(cache.load_uids(s, verify=False)) for s in pool.shards])
     chosen = np.flatnonzero(survivors)
     rows = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     device = "cuda" if config.num_gpus > 0 else "cpu"
@@ -342,8 +345,8 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
 
     def shards():
         for shard in pool.shards:
-            uids = cache.load_uids(shard)
-            yield uids, np.asarray(cache.load_score(shard, score, len(uids)))
+            uids = cache.load_uids(shard, verify=False)  # scoring verified every file already
+            yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
 
     rows = unscorable = 0
     for _, values in shards():

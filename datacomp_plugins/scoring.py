@@ -226,12 +226,13 @@ class ScoreCache:
         """Where materialised target sets live (shared by every shard of the pool)."""
         return os.path.join(self.root, "_targets")
 
-    def load_uids(self, shard: Shard) -> np.ndarray | None:
-        array = _load_valid(self.uid_path(shard), UID_DTYPE, None)
-        return array
+    def load_uids(self, shard: Shard, verify: bool = True) -> np.ndarray | None:
+        """The shard's cached uids; ``verify=False`` skips the CRC for files this run already verified."""
+        return _load_valid(self.uid_path(shard), UID_DTYPE, None, verify)
 
-    def load_score(self, shard: Shard, score: Score, num_rows: int) -> np.ndarray | None:
-        return _load_valid(self.score_path(shard, score), np.dtype(np.float32), num_rows)
+    def load_score(self, shard: Shard, score: Score, num_rows: int, verify: bool = True) -> np.ndarray | None:
+        """The shard's cached score; ``verify=False`` as for :meth:`load_uids`."""
+        return _load_valid(self.score_path(shard, score), np.dtype(np.float32), num_rows, verify)
 
     def save(self, path: str, array: np.ndarray) -> None:
         """Write ``array`` and, first, the CRC32 of its bytes (``<path>.crc32``), both atomically."""
@@ -245,7 +246,7 @@ class ScoreCache:
 CRC_SUFFIX = ".crc32"
 
 
-def _load_valid(path: str, dtype: np.dtype, rows: int | None) -> np.ndarray | None:
+def _load_valid(path: str, dtype: np.dtype, rows: int | None, verify: bool = True) -> np.ndarray | None:
     """The cached array, or None when it is missing, truncated, corrupt, or of the wrong type or length.
 
     Corruption that keeps the length (a flipped bit, a file overwritten in place) is caught by the CRC32
@@ -259,7 +260,7 @@ def _load_valid(path: str, dtype: np.dtype, rows: int | None) -> np.ndarray | No
         return None
     if array.dtype != dtype or array.ndim != 1 or (rows is not None and len(array) != rows):
         return None
-    if f"{zlib.crc32(np.ascontiguousarray(array)):08x}" != expected:
+    if verify and f"{zlib.crc32(np.ascontiguousarray(array)):08x}" != expected:
         return None
     return array
 
