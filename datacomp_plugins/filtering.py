@@ -62,7 +62,7 @@ class FilterConfig:
     threshold: float | None = None
     num_workers: int = 1
     num_gpus: int = 0
-    batch_size: int = 512
+    batch_size: int = 0  # 0: automatic (metrics.BLOCK_ELEMENTS logits at once)
     num_batches: int = 10
     negcliploss_batch_size: int = 32768
     temperature: float = 0.01
@@ -132,9 +132,11 @@ def validate(config: FilterConfig) -> None:
     check_fraction(config.fraction, "--fraction")
     if config.threshold is not None and not math.isfinite(config.threshold):
         raise PluginError(f"--threshold {config.threshold}: must be a finite number")
-    for flag in ("num_batches", "negcliploss_batch_size", "batch_size"):
+    for flag in ("num_batches", "negcliploss_batch_size"):
         if getattr(config, flag) < 1:
             raise PluginError(f"--{flag} {getattr(config, flag)}: must be at least 1")
+    if config.batch_size < 0:
+        raise PluginError(f"--batch_size {config.batch_size}: must be 0 (automatic) or a number of rows")
     if config.num_workers < 0 or config.num_gpus < 0:
         raise PluginError("--num_workers and --num_gpus must not be negative")
     if not (config.temperature > 0 and math.isfinite(config.temperature)):

@@ -1,7 +1,7 @@
 """Reading a DataComp metadata pool: ``<stem>.parquet`` + ``<stem>.npz`` pairs under any fsspec URL.
 
 Parquet row i belongs to npz row i. Only the columns and npz keys a score needs are read (one npz key
-decompresses that array alone), embeddings come back as float32 whatever their storage type, and nothing
+decompresses that array alone), embeddings come back as stored (float16 or float32), and nothing
 assumes a row count per shard.
 """
 
@@ -125,7 +125,7 @@ class Pool:
         return parse_hex(self.read_columns(shard, ["uid"]).column("uid"), source=shard.parquet)
 
     def read_embeddings(self, shard: Shard, keys: Sequence[str], num_rows: int) -> dict[str, np.ndarray]:
-        """The named npz arrays as float32 (n, d), checked against the parquet's row count."""
+        """The named npz arrays (n, d) as float16 or float32, checked against the parquet's row count."""
         def read() -> dict[str, np.ndarray]:
             with self.fs.open(shard.npz, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 out = {}
@@ -139,7 +139,10 @@ class Pool:
                     if array.shape[0] != num_rows:
                         raise PluginError(f"{shard.npz}: {key!r} has {array.shape[0]} rows but "
                                           f"{shard.parquet} has {num_rows}; the two must match row for row")
-                    out[key] = array.astype(np.float32, copy=False)
+                    # float16 (DataComp's storage) and float32 are kept as stored: the consumer converts
+                    # once, where it is cheapest (negCLIPLoss straight to its compute dtype).
+                    keep = array.dtype in (np.float16, np.float32)
+                    out[key] = array if keep else array.astype(np.float32)
                 return out
         return self._guard(read, shard.npz)
 

@@ -145,17 +145,37 @@ def test_block_size_changes_no_bit():
 
 
 @pytest.mark.parametrize("n", [60, 300, 1100])
-def test_thread_count_changes_no_bit(n):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_thread_count_changes_no_bit(n, dtype):
     """Workers split the cores: a score must not depend on how many threads computed it."""
     rng = np.random.default_rng(n)
     img = torch.tensor(unit(rng, n, 768), dtype=torch.float32)
     txt = torch.tensor(unit(rng, n, 768), dtype=torch.float32)
+    halves = [torch.from_numpy(b) for b in partition(n, n // 2 + 1, rng)]  # gathered batches too
     before = torch.get_num_threads()
     try:
         results = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append(negcliploss(img, txt, [[torch.arange(n)]], 0.01, n, 512))
+            results.append(negcliploss(img, txt, [[torch.arange(n)], halves], 0.01, n, 512, dtype))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_block_size_changes_no_bit_in_any_precision(dtype):
+    """Several blocks per batch (with a short last block), one block, and the automatic size: same bits."""
+    rng = np.random.default_rng(7)
+    n, d, tau = 1100, 32, 0.01
+    img = torch.tensor(unit(rng, n, d), dtype=torch.float32)
+    txt = torch.tensor(unit(rng, n, d), dtype=torch.float32)
+    batches = [[torch.arange(n)]]
+    results = [negcliploss(img, txt, batches, tau, n, rows, dtype) for rows in (256, 512, 768, 4096, 0)]
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+    if dtype is None:  # and they are right: float64 on the same batch
+        f, g = img.double(), txt.double()
+        logits = f @ g.T / tau
+        want = (f * g).sum(1) - tau / 2 * (torch.logsumexp(logits, 1) + torch.logsumexp(logits, 0))
+        torch.testing.assert_close(results[0].double(), want, rtol=0, atol=5e-6)

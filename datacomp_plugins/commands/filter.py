@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="keep samples with score >= this")
     parser.add_argument("--num_workers", type=int, default=1, help="worker processes scoring shards")
     parser.add_argument("--num_gpus", type=int, default=0, help="GPUs to score on (0 = CPU)")
-    parser.add_argument("--batch_size", type=int, default=512,
-                        help="compute batch: rows of the logit matrix held at once")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="compute batch: rows of the logit matrix held at once (0: 64 MiB of logits)")
     add_plugin_arguments(parser)
     parser.set_defaults(handler=run)
 
