@@ -112,14 +112,16 @@ def _exp_sums(ops: _Operands, left: torch.Tensor, right: torch.Tensor, shift: fl
     narrow = left.dtype == torch.bfloat16
     work = left.dtype if narrow else wide
     row = torch.empty(n, dtype=wide, device=device)
-    col = torch.zeros(n, dtype=wide, device=device)
     step = block_step(block_rows, n, left.element_size())
     product = ops.buffer("product", (min(step, n), n), left.dtype)
     block = product if left.dtype == work else ops.buffer("block", product.shape, work)
     ones = torch.ones(max(_PIECE, n), dtype=work, device=device)
-    # bf16 column sums: one batched 16-row GEMM over all pieces of a block beats a gemv per piece by ~3x on
-    # CPUs with bf16 matrix units (each piece is still its own product, so the block size changes no bit).
-    col_ones = torch.ones((max(1, step // _PIECE), 16, _PIECE), dtype=work, device=device) if narrow else None
+    # Column sums: each fixed piece of rows gets its own sum (one batched product per block, ~3x faster than
+    # a gemv per piece; for bf16 a 16-row product beats a 1-row one on CPUs with bf16 matrix units), and
+    # the pieces are added in one reduction at the end, so the block size changes no bit.
+    height = 16 if narrow else 1
+    col_ones = torch.ones((max(1, step // _PIECE), height, _PIECE), dtype=work, device=device)
+    pieces = ops.buffer("col_pieces", (-(-n // _PIECE), n), wide)
     for start in range(0, n, step):
         rows = min(step, n - start)
         out = product[:rows]
@@ -134,16 +136,19 @@ def _exp_sums(ops: _Operands, left: torch.Tensor, right: torch.Tensor, shift: fl
         if narrow:
             row[start : start + rows] = part @ ones[:n]
         else:
-            torch.sum(part, dim=1, out=row[start : start + rows])
-        whole = rows // _PIECE if narrow else 0
+            torch.sum(part, dim=1, out=row[start : start + rows])  # (a gemv here varies with the thread count)
+        first, whole = start // _PIECE, rows // _PIECE
         if whole:
-            sums = ops.buffer("col_sums", (whole, 16, n), work)
-            torch.bmm(col_ones[:whole], part[: whole * _PIECE].view(whole, _PIECE, n), out=sums)
-            for piece in range(whole):
-                col += sums[piece, 0]
-        for piece in range(whole * _PIECE, rows, _PIECE):
-            chunk = part[piece : piece + _PIECE]
-            col += ones[: len(chunk)] @ chunk
+            into = pieces[first : first + whole].unsqueeze(1)
+            if narrow:
+                sums = ops.buffer("col_sums", (whole, height, n), work)
+                torch.bmm(col_ones[:whole], part[: whole * _PIECE].view(whole, _PIECE, n), out=sums)
+                into.copy_(sums[:, :1])
+            else:
+                torch.bmm(col_ones[:whole], part[: whole * _PIECE].view(whole, _PIECE, n), out=into)
+        if rows % _PIECE:
+            pieces[first + whole] = ones[: rows % _PIECE] @ part[whole * _PIECE :]
+    col = pieces.sum(dim=0)
     return row, col
 
 

@@ -145,7 +145,7 @@ def test_block_size_changes_no_bit():
 
 
 @pytest.mark.parametrize("n", [60, 300, 1100])
-@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
 def test_thread_count_changes_no_bit(n, dtype):
     """Workers split the cores: a score must not depend on how many threads computed it."""
     rng = np.random.default_rng(n)
@@ -157,7 +157,8 @@ def test_thread_count_changes_no_bit(n, dtype):
         results = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append(negcliploss(img, txt, [[torch.arange(n)], halves], 0.01, n, 512, dtype))
+            results.append(torch.stack([negcliploss(img, txt, [[torch.arange(n)], halves], 0.01, n, 512, dtype),
+                                        negcliploss(img, txt, [halves], 0.01, n // 2, 0, dtype)]))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(results[0], results[1])

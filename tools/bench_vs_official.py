@@ -7,22 +7,32 @@ B as ours: per shard, uids parsed with a Python loop, K rounds of a random permu
 put our numbers in context, so it keeps the official costs (the per-uid loop, the B×B exp matrix) and its
 float32 overflow. Four reports:
 
-- end to end time of each (median of ``--repeats``, fresh score cache for ours every time), samples/s, ratio;
+- end to end time of each (median of ``--repeats``, fresh score cache for ours every time), samples/s, ratio,
+  on shards of 2·B rows (every batch full: the port's best case) and of 1.5·B rows (the port keeps a short
+  last batch, we split the shard into equal batches). Each side runs as it would for a user: ours in this
+  process with the package's settings, the port in its own process with PyTorch's defaults
+  (``--port_env thp`` gives the port our allocator setting too);
 - uid parsing alone: the per-uid Python loop against ``datacomp_plugins.uids.parse_hex``, same column;
 - overflow: a pair with similarity 1.0 at T = 0.01 gives exp(100) > float32 max, so the port scores it
   -inf/NaN (and drops the best-aligned sample), while ours stays finite;
 - agreement: Spearman correlation of the two score columns on the benchmark pool (high, not exact: the
   batches differ), and the exact case (one batch = the whole shard) as a check of the port itself.
 
-Usage: python tools/bench_vs_official.py [--shards 4] [--rows 16384] [--rounds 2] [--batch 8192] [--repeats 3]
+Usage: python tools/bench_vs_official.py [--shards 4] [--rows 16384 12288] [--rounds 2] [--batch 8192] [--repeats 3]
 """
 
 from __future__ import annotations
 
+import datacomp_plugins  # noqa: F401  # first, as in the CLI: its environment settings precede torch's loading
+
+# isort: split
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -126,8 +136,20 @@ def ours(folder: str, cache: str, K: int, B: int, T: float, fraction: float,
 
 # --- reports --------------------------------------------------------------------------------------------------
 
+def port_in_own_process(folder: str, K: int, B: int, T: float, fraction: float, seed: int, env: str) -> float:
+    """Seconds the port takes in a fresh process (timed inside it, imports excluded, as ours is).
+
+    ``env`` "plain": PyTorch's defaults (what the official code gets); "thp": our allocator setting too.
+    """
+    environment = dict(os.environ, THP_MEM_ALLOC_ENABLE="1" if env == "thp" else "0", MKL_CBWR="AUTO")
+    command = [sys.executable, os.path.abspath(__file__), "--port_only", folder, "--rounds", str(K), "--batch",
+               str(B), "--temperature", str(T), "--fraction", str(fraction), "--seed", str(seed)]
+    done = subprocess.run(command, env=environment, check=True, capture_output=True, text=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+
+
 def time_both(folder: str, K: int, B: int, T: float, fraction: float, seed: int,
-              repeats: int) -> tuple[float, float]:
+              repeats: int, env: str) -> tuple[float, float]:
     """Median seconds of (ours, port), interleaved so both see the same background load."""
     mine, port = [], []
     for _ in range(repeats):
@@ -136,9 +158,7 @@ def time_both(folder: str, K: int, B: int, T: float, fraction: float, seed: int,
             start = time.perf_counter()
             run_filter(config)
             mine.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        official_port(folder, K, B, T, fraction, seed)
-        port.append(time.perf_counter() - start)
+        port.append(port_in_own_process(folder, K, B, T, fraction, seed, env))
     print(f"  runs (s): ours {' '.join(f'{t:.2f}' for t in mine)}; port {' '.join(f'{t:.2f}' for t in port)}")
     return statistics.median(mine), statistics.median(port)
 
@@ -209,26 +229,36 @@ def aligned(uids_a: np.ndarray, scores_a: np.ndarray, uids_b: np.ndarray,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=16384, help="rows per shard")
+    parser.add_argument("--rows", type=int, nargs="+", default=[16384, 12288], help="rows per shard, one pool each")
     parser.add_argument("--rounds", type=int, default=2, help="K")
     parser.add_argument("--batch", type=int, default=8192, help="B")
     parser.add_argument("--temperature", type=float, default=0.01)
     parser.add_argument("--fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--port_env", choices=["plain", "thp"], default="plain",
+                        help="the port's process: PyTorch's defaults, or with our allocator setting")
+    parser.add_argument("--port_only", metavar="FOLDER", help=argparse.SUPPRESS)  # the port's own process
     args = parser.parse_args()
     K, B, T, fraction, seed = args.rounds, args.batch, args.temperature, args.fraction, args.seed
-    samples = args.shards * args.rows
+    if args.port_only:
+        start = time.perf_counter()
+        official_port(args.port_only, K, B, T, fraction, seed)
+        print(json.dumps({"seconds": time.perf_counter() - start}))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average at start "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"pool: {args.shards} shards x {args.rows} rows, d={DIM}, K={K}, B={B}, T={T}, fraction={fraction}")
     with tempfile.TemporaryDirectory() as root:
-        folder = os.path.join(root, "pool")
-        write_pool(folder, args.shards, args.rows, DIM, seed=seed)
-
-        mine, port = time_both(folder, K, B, T, fraction, seed, args.repeats)
-        print(f"end to end (median of {args.repeats}): ours {mine:.2f} s = {samples / mine:.0f} samples/s; "
-              f"port {port:.2f} s = {samples / port:.0f} samples/s; ours / port speed {port / mine:.2f}x")
+        for rows in args.rows:
+            folder = os.path.join(root, f"pool{rows}")
+            write_pool(folder, args.shards, rows, DIM, seed=seed)
+            samples = args.shards * rows
+            print(f"pool: {args.shards} shards x {rows} rows, d={DIM}, K={K}, B={B}, T={T}, fraction={fraction}; "
+                  f"port process: {args.port_env}")
+            mine, port = time_both(folder, K, B, T, fraction, seed, args.repeats, args.port_env)
+            print(f"end to end (median of {args.repeats}): ours {mine:.2f} s = {samples / mine:.0f} samples/s; "
+                  f"port {port:.2f} s = {samples / port:.0f} samples/s; ours / port speed {port / mine:.2f}x")
+        folder = os.path.join(root, f"pool{args.rows[0]}")
 
         count, loop_s, ours_s = time_uid_parsing(folder, args.repeats)
         print(f"uid parsing of {count} uids: Python loop {loop_s * 1e3:.1f} ms, parse_hex {ours_s * 1e3:.2f} ms; "
