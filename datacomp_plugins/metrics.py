@@ -32,9 +32,22 @@ def block_step(block_rows: int, n: int, element_size: int = 4) -> int:
     return max(_PIECE, wanted // _PIECE * _PIECE)
 
 
-def clip_score(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """CLIPScore f_i·g_i of each sample (DataComp's ``clip_*_similarity_score``)."""
-    return (image * text).sum(dim=-1)
+def clip_score(image: torch.Tensor, text: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """CLIPScore f_i·g_i of each sample (DataComp's ``clip_*_similarity_score``).
+
+    Rows go in chunks through one reused buffer: an n×d temporary would cost page faults on every touch.
+    Each row's sum is the same whatever the chunking.
+    """
+    if image.dim() != 2 or len(image) <= chunk:
+        return (image * text).sum(dim=-1)
+    dtype = torch.result_type(image, text)
+    product = torch.empty((chunk, image.shape[1]), dtype=dtype, device=image.device)
+    out = torch.empty(len(image), dtype=dtype, device=image.device)
+    for start in range(0, len(image), chunk):
+        part = product[: min(chunk, len(image) - start)]
+        torch.mul(image[start : start + len(part)], text[start : start + len(part)], out=part)
+        torch.sum(part, dim=-1, out=out[start : start + len(part)])
+    return out
 
 
 COMPUTE_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,16 +74,19 @@ class _Operands:
     scratch: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, image: torch.Tensor, text: torch.Tensor, compute_dtype: torch.dtype | None) -> _Operands:
+    def of(cls, image: torch.Tensor, text: torch.Tensor, compute_dtype: torch.dtype | None,
+           largest_norms: tuple[float, float] | None = None) -> _Operands:
         wide = wide_dtype(image)
         dtype = compute_dtype or wide
         largest = 0.0
         if len(image):
+            if largest_norms is None:
+                largest_norms = (float(torch.linalg.vector_norm(image, dim=1, dtype=wide).max()),
+                                 float(torch.linalg.vector_norm(text, dim=1, dtype=wide).max()))
             # Rounding the operands to the compute dtype can lengthen a row by a relative eps (and round the
             # logit again): the slack keeps this a true bound for the narrowed product.
             slack = 1.0 + 4.0 * torch.finfo(dtype).eps
-            largest = slack * float(torch.linalg.vector_norm(image, dim=1, dtype=wide).max()
-                                    * torch.linalg.vector_norm(text, dim=1, dtype=wide).max())
+            largest = slack * largest_norms[0] * largest_norms[1]
         return cls(image, text, image.to(dtype), text.to(dtype), wide, largest)
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -224,14 +240,16 @@ def normalisation_term(image: torch.Tensor, text: torch.Tensor, batches: Sequenc
 
 def negcliploss(image: torch.Tensor, text: torch.Tensor, rounds: Sequence[Sequence[torch.Tensor | None]],
                 temperature: float, reference_size: int, block_rows: int = 0,
-                compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+                compute_dtype: torch.dtype | None = None,
+                largest_norms: tuple[float, float] | None = None) -> torch.Tensor:
     """negCLIPLoss(i) = CLIPScore(i) - mean over rounds of R(i), one round = one partition into batches.
 
     Equals τ × (minus the symmetric CLIP loss of sample i) averaged over the rounds (paper, eq. 1). A batch
     given as None is all samples in their own order (no gather). The embeddings may be in their stored
     dtype (float16): they are converted once, and the result is float32 (float64 for float64 input).
+    ``largest_norms`` (max |f|, max |g|), when the caller already has the row norms, saves a pass.
     """
-    ops = _Operands.of(image, text, compute_dtype)
+    ops = _Operands.of(image, text, compute_dtype, largest_norms)
     total = torch.zeros(image.shape[0], dtype=ops.wide, device=image.device)
     for batches in rounds:
         total += _round_terms(ops, len(image), batches, temperature, reference_size, block_rows)

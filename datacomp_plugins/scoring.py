@@ -123,8 +123,8 @@ class NegCLIPLossScore(Score):
                        for k in self.npz_keys)
         # A row is scored when its norm is finite: NaN or inf anywhere in it makes the norm non-finite (float16
         # values cannot overflow a float32 sum of squares), in one cheap reduction instead of an elementwise mask.
-        finite = (torch.isfinite(torch.linalg.vector_norm(image, dim=1))
-                  & torch.isfinite(torch.linalg.vector_norm(text, dim=1)))
+        norms = torch.linalg.vector_norm(image, dim=1), torch.linalg.vector_norm(text, dim=1)
+        finite = torch.isfinite(norms[0]) & torch.isfinite(norms[1])
         out = np.full(len(image), np.nan, dtype=np.float32)
         rows = finite.nonzero().squeeze(1)
         n = len(rows)
@@ -137,11 +137,11 @@ class NegCLIPLossScore(Score):
             rng = np.random.default_rng(shard_seed(self.seed, shard.stem))
             rounds = [partition(n, self.batch_size, rng) for _ in range(self.num_batches)]
         if n < len(image):
-            image, text = image[rows], text[rows]
+            image, text, norms = image[rows], text[rows], (norms[0][rows], norms[1][rows])
         batches = [[None if b is None else torch.from_numpy(b).to(device) for b in r] for r in rounds]
         with torch.no_grad():
             values = negcliploss(image, text, batches, self.temperature, reference, self.block_rows,
-                                 COMPUTE_DTYPES[self.precision])
+                                 COMPUTE_DTYPES[self.precision], (float(norms[0].max()), float(norms[1].max())))
         rows = rows.cpu().numpy()
         out[rows] = values.float().cpu().numpy()
         return out

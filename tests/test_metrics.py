@@ -180,3 +180,12 @@ def test_block_size_changes_no_bit_in_any_precision(dtype):
         logits = f @ g.T / tau
         want = (f * g).sum(1) - tau / 2 * (torch.logsumexp(logits, 1) + torch.logsumexp(logits, 0))
         torch.testing.assert_close(results[0].double(), want, rtol=0, atol=5e-6)
+
+
+def test_chunked_clip_score_is_the_same_bits():
+    rng = np.random.default_rng(11)
+    img, txt = unit(rng, 10, 768), unit(rng, 10, 768)
+    f, g = torch.tensor(img, dtype=torch.float32), torch.tensor(txt, dtype=torch.float32)
+    chunked = clip_score(f, g, chunk=3)  # 3 + 3 + 3 + 1 rows
+    assert torch.equal(chunked, clip_score(f, g))
+    np.testing.assert_allclose(chunked.numpy(), (img * txt).sum(1), atol=1e-6)
