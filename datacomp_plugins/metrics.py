@@ -278,7 +278,11 @@ def normsim_inf(image: torch.Tensor, target: torch.Tensor, block: int = 16384,
     best = torch.full((image.shape[0],), float("-inf"), dtype=image.dtype, device=image.device)
     dtype = compute_dtype or image.dtype
     rows = image.to(dtype)
+    # One product buffer for all target blocks: a fresh (n x block) tensor each time costs page faults.
+    product = torch.empty((image.shape[0], min(block, target.shape[0])), dtype=dtype, device=image.device)
     for start in range(0, target.shape[0], block):
         part = target[start : start + block].to(device=image.device, dtype=dtype)
-        torch.maximum(best, (rows @ part.T).amax(dim=1).to(image.dtype), out=best)
+        out = product[:, : len(part)]
+        torch.mm(rows, part.T, out=out)
+        torch.maximum(best, out.amax(dim=1).to(image.dtype), out=best)
     return best
