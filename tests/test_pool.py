@@ -26,6 +26,13 @@ def test_reads_embeddings_as_stored_and_uids(tmp_path, dtype, compressed):
     assert (pool.read_uids(shard) == want).all()
 
 
+def test_other_float_widths_arrive_as_float32(tmp_path):
+    written = make_pool(str(tmp_path), [4], dtype=np.float64)
+    arrays = Pool(str(tmp_path)).read_embeddings(Pool(str(tmp_path)).shards[0], ["l14_txt"], 4)
+    assert arrays["l14_txt"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["l14_txt"], written["00000000"]["l14_txt"].astype(np.float32))
+
+
 def test_memory_filesystem():
     fs = fsspec.filesystem("memory")
     rng = np.random.default_rng(0)
