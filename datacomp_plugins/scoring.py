@@ -121,8 +121,9 @@ class NegCLIPLossScore(Score):
         # Stored float16 is widened by torch on the device (vectorised, threaded: ~5x numpy's astype).
         image, text = (torch.from_numpy(embeddings[k]).to(device=device, dtype=torch.float32)
                        for k in self.npz_keys)
-        # A row is scored when its norm is finite: NaN or inf anywhere in it makes the norm non-finite (float16
-        # values cannot overflow a float32 sum of squares), in one cheap reduction instead of an elementwise mask.
+        # A row is scored when its norm is finite: NaN or inf anywhere in it makes the norm non-finite, in one
+        # cheap reduction instead of an elementwise mask. (Float16 values cannot overflow it; a float32 row so
+        # large that they do would overflow its logits too.)
         norms = torch.linalg.vector_norm(image, dim=1), torch.linalg.vector_norm(text, dim=1)
         finite = torch.isfinite(norms[0]) & torch.isfinite(norms[1])
         out = np.full(len(image), np.nan, dtype=np.float32)
