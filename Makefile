@@ -1,12 +1,16 @@
 # Two entry points that set themselves up on a fresh clone: `make demo` and `make test`.
-# Everything is installed into .venv inside the checkout.
+# Everything Python is installed into .venv inside the checkout.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# DataComp's source, for the tests and commands that run DataComp's own scripts (resharder, baselines.py,
+# eval_utils). Point it at your checkout; next to this one it is found without help.
+DATACOMP_DIR ?= $(wildcard $(abspath ..)/shared/datacomp)
+export DATACOMP_DIR
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench minicomp clean
 
 # Core: a CPU build of torch first (it satisfies torch>=2.1, so no multi-GB CUDA download), then the package.
 $(VENV)/.core: pyproject.toml
@@ -15,9 +19,26 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) -e .
 	touch $@
 
-# Tests need every extra the test suite exercises (open_clip for `embed`, matplotlib for `report`, Ray).
-$(VENV)/.test: $(VENV)/.core pyproject.toml
-	$(PIP) -e ".[test,embed,report,ray]"
+# System programs the tests drive: Chromium (the inspect page's browser test) and protoc (to build gcld3,
+# which DataComp's baselines.py imports). Installed with apt where we are root; otherwise those tests say why
+# they skip.
+$(VENV)/.system: | $(VENV)/.core
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler libprotobuf-dev"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: not root or no apt-get; missing:$$missing (browser / DataComp baselines tests will skip)"; fi; \
+	fi
+	touch $@
+
+# Tests need every extra the test suite exercises: open_clip (embed, mini DataComp), matplotlib (report), Ray,
+# and what DataComp's own scripts import. open_clip's torchvision brings its own torch build.
+$(VENV)/.test: $(VENV)/.core $(VENV)/.system pyproject.toml
+	$(PIP) -e ".[test,embed,report,ray,minicomp]"
+	$(PIP) -e ".[datacomp]" || echo "note: DataComp's baselines.py dependencies did not install; those tests will skip"
 	touch $@
 
 demo: $(VENV)/.core
