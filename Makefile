@@ -9,6 +9,8 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # eval_utils). Point it at your checkout; next to this one it is found without help.
 DATACOMP_DIR ?= $(wildcard $(abspath ..)/shared/datacomp)
 export DATACOMP_DIR
+# albumentations (under DataComp's resharder) asks the network for updates on import: not here
+export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: demo test lint bench minicomp clean
 
