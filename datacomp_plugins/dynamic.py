@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datacomp_plugins.pool import Pool, Shard
+from datacomp_plugins.procs import owned_name, sweep_stale
 from datacomp_plugins.select import top_k_mask
 
 if TYPE_CHECKING:
@@ -125,11 +126,14 @@ def spill_image_embeddings(pool: Pool, shards: Sequence[Shard], rows_per_shard: 
     """Copy the chosen rows of each shard's ``key`` array into one float16 memmap, deleted on exit.
 
     Rows with non-finite embeddings are left out (they can never be selected); the second value marks,
-    over all chosen rows in order, which ones were kept.
+    over all chosen rows in order, which ones were kept. The file's name records its owner process, so a
+    run killed outright (SIGKILL) leaves a spill the next run deletes (procs.sweep_stale); SIGTERM and
+    Ctrl-C unwind through this block and delete it at once.
     """
     total = sum(len(r) for r in rows_per_shard)
     os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix="normsim_d-", suffix=".f16", dir=folder) as handle:
+    sweep_stale(folder, ("normsim_d-",), suffix=".f16")
+    with tempfile.NamedTemporaryFile(prefix=owned_name("normsim_d-"), suffix=".f16", dir=folder) as handle:
         spill = np.memmap(handle, dtype=np.float16, mode="w+", shape=(max(total, 1), dim))
         finite = np.zeros(total, dtype=bool)
         seen = written = 0

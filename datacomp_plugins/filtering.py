@@ -6,8 +6,9 @@ the two produce byte-identical uid files for the same flags.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from datacomp_plugins.engine import Job, run_local
 from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import check_writable
+from datacomp_plugins.fileio import check_folder_writable, check_writable
 from datacomp_plugins.pool import ARCH_DIMS, Pool
 from datacomp_plugins.scoring import (
     NegCLIPLossScore,
@@ -46,7 +47,7 @@ BASELINES: dict[str, str | None] = {
     "normsiminf": "inf",
     "normsim_d": "d",
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: the faster of fp32/bf16 here, measured (precision.py)
 ENGINES = ("local", "ray")
 
 
@@ -162,6 +163,7 @@ def validate(config: FilterConfig) -> None:
             raise PluginError(f"--num_gpus {config.num_gpus}: only {torch.cuda.device_count()} CUDA "
                               "device(s) visible; use --num_gpus 0 for the CPU")
     check_writable(config.save_path)
+    check_folder_writable(config.cache_dir or default_cache_dir(), "--cache_dir")
 
 
 def _validate_relevance(config: FilterConfig) -> None:
@@ -277,7 +279,7 @@ def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: 
     rows = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     device = "cuda" if config.num_gpus > 0 else "cpu"
     with spill_image_embeddings(pool, pool.shards, rows, key, ARCH_DIMS[config.arch],
-                                os.path.join(cache.root, "_spill"), config.progress) as (spill, finite):
+                                cache.spill, config.progress) as (spill, finite):
         index = chosen[finite]
         kept = iterate(spill, uids[index], want, config.normsim_d_iters, device, config.progress)
     mask = np.zeros(len(uids), dtype=bool)
@@ -367,16 +369,42 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
 
 
 def run_filter(config: FilterConfig) -> Summary:
-    """Run one baseline end to end and write ``config.save_path``; returns the run's summary."""
+    """Run one baseline end to end and write ``config.save_path``; returns the run's summary.
+
+    SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
+    deleted, also when DataComp's patched ``baselines.py`` calls this directly.
+    """
+    from datacomp_plugins.procs import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        return _run_filter(config)
+
+
+def _precision(config: FilterConfig) -> tuple[FilterConfig, str | None]:
+    """Resolve ``--precision auto`` (a short probe) and warn once when bf16 will be slow on this CPU."""
+    from datacomp_plugins import precision
+
+    device = "cuda" if config.num_gpus > 0 else "cpu"
+    if config.precision == "bf16" and (warning := precision.bf16_warning(device)):
+        print(warning, file=sys.stderr)
+    chosen, note = precision.resolve(config.precision, device)
+    return dataclasses.replace(config, precision=chosen), note
+
+
+def _run_filter(config: FilterConfig) -> Summary:
     started = time.perf_counter()
     validate(config)
+    config, precision_note = _precision(config)
     pool = Pool(config.metadata_dir)
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
+    cache.sweep()
     use_quality = not (config.fraction == 1.0 and config.relevance is not None)
     scores: list[Score] = [quality_score(config, config.quality)] if use_quality else []
     if config.relevance in ("2", "inf"):
         scores.append(_relevance_score(config, cache, pool))
     summary = Summary(config.name, shards=len(pool.shards))
+    if precision_note:
+        summary.notes.append(precision_note)
     summary.shards_scored = score_pool(pool, cache, tuple(scores), config)
     if config.streaming:
         return _run_streaming(config, pool, cache, scores[0], summary, started)
