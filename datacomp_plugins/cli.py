@@ -54,6 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment, not our bug: disk full, read-only folder, file in the way
+        from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
+
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}; nothing was written there",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         print("interrupted: no output was written", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)

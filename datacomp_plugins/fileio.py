@@ -23,6 +23,8 @@ from datacomp_plugins.procs import owned_name, sweep_stale
 
 # Errors of a write that the user can fix (disk full, quota, file-size limit, read-only, permissions).
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+# ... and those of a path in the way (a file where a folder should be, or the reverse).
+ENVIRONMENT_ERRNOS = WRITE_ERRNOS | {errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 CRC_SUFFIX = ".crc32"
 
 
@@ -45,6 +47,8 @@ def check_writable(path: str, flag: str = "--save_path") -> None:
     parent = os.path.dirname(target)
     if os.path.isdir(target):
         raise PluginError(f"{flag} {path}: is a directory, expected a file path")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise PluginError(f"{flag} {path}: {parent} is a file, not a folder")
     if not os.path.isdir(parent):
         raise PluginError(f"{flag} {path}: folder {parent} does not exist")
     try:
@@ -57,7 +61,11 @@ def check_writable(path: str, flag: str = "--save_path") -> None:
 
 
 def check_folder_writable(path: str, flag: str) -> None:
-    """Fail early when folder ``path`` is a file, lies under a file, or cannot be created or written."""
+    """Fail early when folder ``path`` is a file, lies under a file, or cannot be created or written.
+
+    The folder is created (it would be at the first write anyway) and probed with a real file, which is
+    the only test that holds for root, read-only mounts and quotas alike.
+    """
     if not is_local(path):
         return
     folder = os.path.abspath(os.path.expanduser(local_path(path)))
@@ -67,8 +75,13 @@ def check_folder_writable(path: str, flag: str) -> None:
     if not os.path.isdir(existing):
         where = "is a file" if existing == folder else f"lies under {existing}, which is a file"
         raise PluginError(f"{flag} {path}: {where}; expected a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PluginError(f"{flag} {path}: cannot write in {existing} (permission denied)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=owned_name(".write-probe-"), dir=folder)
+    except OSError as exc:
+        raise PluginError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _temp_prefix(target: str) -> str:
@@ -83,7 +96,7 @@ def sweep_temporaries(path: str) -> int:
 
 def write_error(path: str, exc: OSError) -> PluginError:
     """The message for a failed write: which file, and the system's reason (disk full, read-only, ...)."""
-    return PluginError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written there")
+    return PluginError(f"{path}: writing failed ({exc.strerror or exc}); nothing was written there")
 
 
 @contextlib.contextmanager
@@ -103,8 +116,8 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
             with os.fdopen(fd, mode) as handle:
                 try:
                     yield handle
-                except OSError as exc:
-                    if exc.errno in WRITE_ERRNOS:
+                except OSError as exc:  # numpy's short write (a full disk) carries no errno
+                    if exc.errno is None or exc.errno in WRITE_ERRNOS:
                         raise write_error(path, exc) from None
                     raise
                 try:

@@ -374,10 +374,16 @@ def run_filter(config: FilterConfig) -> Summary:
     SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
     deleted, also when DataComp's patched ``baselines.py`` calls this directly.
     """
+    from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
     from datacomp_plugins.procs import terminate_as_interrupt
 
     with terminate_as_interrupt():
-        return _run_filter(config)
+        try:
+            return _run_filter(config)
+        except OSError as exc:  # a write the helpers did not name (disk full, read-only): the user's to fix
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise PluginError(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
 
 
 def _precision(config: FilterConfig) -> tuple[FilterConfig, str | None]:
