@@ -391,6 +391,10 @@ def _precision(config: FilterConfig) -> tuple[FilterConfig, str | None]:
     from datacomp_plugins import precision
 
     device = "cuda" if config.num_gpus > 0 else "cpu"
+    use_quality = not (config.fraction == 1.0 and config.relevance is not None)
+    products = config.relevance in ("2", "inf") or (use_quality and config.quality == "negcliploss")
+    if not products:  # clip_score (and normsim_d's own stage) multiply nothing in --precision
+        return (dataclasses.replace(config, precision="fp32"), None) if config.precision == "auto" else (config, None)
     if config.precision == "bf16" and (warning := precision.bf16_warning(device)):
         print(warning, file=sys.stderr)
     chosen, note = precision.resolve(config.precision, device)

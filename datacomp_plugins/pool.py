@@ -143,12 +143,6 @@ class Pool:
         """Full path of a file in the metadata directory, as the filesystem names it."""
         return posixpath.join(self.root, name)
 
-    @property
-    def fingerprint(self) -> str:
-        """Identity of the pool's location, used to separate score caches of different pools."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return hashlib.sha256(f"{protocol}://{self.root}".encode()).hexdigest()[:16]
-
     # --- reading one shard -------------------------------------------------------------------------
 
     def num_rows(self, shard: Shard) -> int:
