@@ -58,6 +58,7 @@ def check_writable(path: str, flag: str = "--save_path") -> None:
     os.close(fd)
     os.unlink(probe)
     sweep_temporaries(target)
+    sweep_stale(parent, (".write-probe-",))
 
 
 def check_folder_writable(path: str, flag: str) -> None:

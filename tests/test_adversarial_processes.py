@@ -97,6 +97,7 @@ def test_workers_end_with_their_parent(heavy_pool, tmp_path, signum):
     proc = _start(["filter", "--name", "negcliploss", "--metadata_dir", heavy_pool, "--save_path", str(out),
                    "--fraction", "0.3", "--num_workers", "2", "--negcliploss_batch_size", "4000",
                    "--num_batches", "10", "--cache_dir", str(tmp_path / "cache"), "--no_progress"])
+    everyone: set[int] = set()
     try:
         workers = _workers_computing(proc, 2, cpu=2.5)
         everyone = set(children(proc.pid))  # workers and any helper (resource tracker)
@@ -114,12 +115,13 @@ def test_workers_end_with_their_parent(heavy_pool, tmp_path, signum):
             assert "interrupted" in stderr
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.npy.")]
-    finally:
+    finally:  # whatever happened, leave nothing running
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in children(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in everyone | set(children(proc.pid)):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _spills(cache: str) -> list[str]:
@@ -189,6 +191,8 @@ def test_stale_partial_outputs_and_recipe_folders_are_swept(heavy_pool, tmp_path
     save = tmp_path / "out.npy"
     stale_output = tmp_path / f".out.npy.{host}~{gone}-abc123.tmp"
     stale_recipe = tmp_path / f".recipe-{host}~{gone}-xyz"
+    stale_probe = tmp_path / f".write-probe-{host}~{gone}-q1"
+    stale_probe.write_bytes(b"")
     live_output = tmp_path / f".out.npy.{host}~{os.getpid()}-def456.tmp"
     other_host = tmp_path / f".out.npy.elsewhere~{gone}-ghi789.tmp"  # another machine's pid means nothing here
     stale_output.write_bytes(b"half a uid file")
@@ -203,7 +207,7 @@ def test_stale_partial_outputs_and_recipe_folders_are_swept(heavy_pool, tmp_path
     assert main(["recipe", str(recipe), "--metadata_dir", heavy_pool, "--save_path", str(save),
                  "--set", f"extra={uids}", "--cache_dir", str(tmp_path / "cache"), "--no_progress"]) == 0
     assert save.exists()
-    assert not stale_output.exists() and not stale_recipe.exists()
+    assert not stale_output.exists() and not stale_recipe.exists() and not stale_probe.exists()
     assert live_output.exists() and other_host.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".recipe-") and p != stale_recipe]
 
