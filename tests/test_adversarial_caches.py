@@ -120,3 +120,20 @@ def test_shard_identity_is_content_not_place(tmp_path):
     assert Pool(str(tmp_path / "b")).shards[1].fingerprint != first.shards[1].fingerprint
     with zipfile.ZipFile(tmp_path / "b" / "00000001.npz") as archive:  # the CRCs it relies on are real
         assert all(info.CRC for info in archive.infolist())
+
+
+def test_identity_on_an_fsspec_store_without_etags(tmp_path):
+    """A store whose listing has no content hash (memory://) falls back to footers: a copy keeps its identity."""
+    import fsspec
+
+    make_pool(str(tmp_path / "a"), [40, 30], seed=12)
+    fs = fsspec.filesystem("memory")
+    for name in os.listdir(tmp_path / "a"):
+        data = (tmp_path / "a" / name).read_bytes()
+        fs.pipe(f"/ident-a/{name}", data)
+        fs.pipe(f"/ident-b/sub/{name}", data)
+    here, there = Pool("memory://ident-a"), Pool("memory://ident-b/sub")
+    assert [s.fingerprint for s in here.shards] == [s.fingerprint for s in there.shards]
+    assert [s.fingerprint for s in here.shards] == [s.fingerprint for s in Pool(str(tmp_path / "a")).shards]
+    fs.rm("/ident-a", recursive=True)
+    fs.rm("/ident-b", recursive=True)

@@ -202,3 +202,16 @@ def test_toy_pool_into_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     _clean_error(_cli(["toy-pool", str(tmp_path / "afile")]), "afile")
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_no_room_for_the_normsim_d_spill(pool, tmp_path):
+    """The spill is reserved before it is mapped: no room is one error line, not a SIGBUS or a traceback."""
+    cache, out = str(tmp_path / "cache"), str(tmp_path / "d.npy")
+    args = ["filter", "--name", "normsim_d", "--quality_score", "clip_score", "--metadata_dir", pool,
+            "--fraction", "0.9", "--normsim_fraction", "0.5", "--normsim_d_iters", "3", "--save_path", out,
+            "--cache_dir", cache, "--no_progress"]
+    result = _cli(args, preexec=_file_size_limit(200_000))  # cache files fit; the 4.8 MB spill does not
+    _clean_error(result, "normsim_d spill", "_spill")
+    assert not os.path.exists(out)
+    assert [n for _, _, files in os.walk(cache) for n in files if n.endswith(".f16")] == []
+    assert _leftovers(cache, tmp_path) == []
