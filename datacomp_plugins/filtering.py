@@ -211,13 +211,17 @@ def score_pool(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...], config:
     """Make sure every shard has every score cached; returns how many shards needed computing."""
     job = Job(pool, cache, scores)
     computed = 0
+    total = len(pool.shards)
     if config.engine == "ray":
         from datacomp_plugins.engine_ray import run_ray
+        from datacomp_plugins.scoring import cached_rows
 
-        results = run_ray(job, pool.shards, config.num_workers, config.num_gpus, config.ray_address)
+        # only the shards the cache lacks go to Ray: an all-cached rerun connects to no cluster
+        todo = [shard for shard in pool.shards if cached_rows(cache, shard, scores) is None]
+        results, total = run_ray(job, todo, config.num_workers, config.num_gpus, config.ray_address), len(todo)
     else:
         results = run_local(job, pool.shards, config.num_workers, config.num_gpus)
-    for result in tqdm(results, total=len(pool.shards), desc=f"scoring {config.name}", unit="shard",
+    for result in tqdm(results, total=total, desc=f"scoring {config.name}", unit="shard",
                        disable=not config.progress):
         computed += bool(result.computed)
     return computed

@@ -259,3 +259,25 @@ def test_stale_names_judge_only_dead_owners_on_this_host(tmp_path):
     assert not procs.stale(f".x.npy.other~{gone}-ab.tmp", ".x.npy.", ".tmp")
     assert not procs.stale(f".y.npy.{host}~{gone}-ab.tmp", ".x.npy.", ".tmp")
     assert not procs.stale(".x.npy.abcdef.tmp", ".x.npy.", ".tmp")  # an unowned name is never judged
+
+
+def test_cached_shards_go_to_no_ray_cluster(tmp_path, monkeypatch, capsys):
+    """With --engine ray, only uncached shards are sent (none: no cluster is started or joined)."""
+    from datacomp_plugins import engine_ray
+
+    pool = str(tmp_path / "pool")
+    make_pool(pool, [200, 150, 100], seed=7)
+    sent: list[list[str]] = []
+
+    def recording_run_ray(job, shards, num_workers, num_gpus, address):
+        sent.append([shard.stem for shard in shards])
+        yield from engine.run_local(job, shards, 1)
+
+    monkeypatch.setattr(engine_ray, "run_ray", recording_run_ray)
+    args = ["filter", "--name", "negcliploss", "--metadata_dir", pool, "--fraction", "0.5", "--negcliploss_batch_size",
+            "64", "--num_batches", "2", "--cache_dir", str(tmp_path / "cache"), "--no_progress", "--engine", "ray"]
+    assert main([*args, "--save_path", str(tmp_path / "a.npy")]) == 0
+    assert main([*args, "--save_path", str(tmp_path / "b.npy")]) == 0
+    assert sent == [["00000000", "00000001", "00000002"], []]
+    assert "(0 scored, 3 from cache)" in capsys.readouterr().out.splitlines()[-2]
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
