@@ -44,16 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    from datacomp_plugins.procs import terminate_as_interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C (workers, temporaries)
+            return int(args.handler(args) or 0)
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as exc:  # the environment, not our bug: disk full, read-only folder, file in the way
+        from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
+
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}; nothing was written there",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
         print("interrupted: no output was written", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def compare(out: str, entries: list[Entry], rebuild: bool = False) -> tuple[list
     """
     metadata = os.path.join(out, "metadata")
     if rebuild or not os.path.isdir(metadata):
-        print(write_toy_pool(out))
+        print(write_toy_pool(out, overwrite=True))
     labels = pq.read_table(os.path.join(out, "labels.parquet"))
     uids = parse_hex(labels.column("uid")).view("V16")
     kinds = labels.column("kind").to_numpy(zero_copy_only=False)

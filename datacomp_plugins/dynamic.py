@@ -13,6 +13,7 @@ subtracting the dropped samples' outer products, which is exact up to float64 ro
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from datacomp_plugins.errors import PluginError
 from datacomp_plugins.pool import Pool, Shard
+from datacomp_plugins.procs import owned_name, sweep_stale
 from datacomp_plugins.select import top_k_mask
 
 if TYPE_CHECKING:
@@ -119,17 +122,34 @@ def iterate(embeddings: np.ndarray, uids: np.ndarray, target: int, iterations: i
     return mask
 
 
+def _reserve(handle, nbytes: int, folder: str) -> None:
+    """Allocate the spill's blocks now: a memory map written on a full disk dies of SIGBUS, with no message."""
+    try:
+        os.posix_fallocate(handle.fileno(), 0, nbytes)
+    except AttributeError:  # not on this system: the memmap's own write reports what it can
+        return
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # filesystem without fallocate
+            return
+        raise PluginError(f"{folder}: no room for the normsim_d spill of {nbytes / 2**30:.2f} GiB "
+                          f"({exc.strerror}); free space there or use another --cache_dir") from None
+
+
 @contextlib.contextmanager
 def spill_image_embeddings(pool: Pool, shards: Sequence[Shard], rows_per_shard: Sequence[np.ndarray], key: str,
                            dim: int, folder: str, progress: bool = False) -> Iterator[tuple[np.memmap, np.ndarray]]:
     """Copy the chosen rows of each shard's ``key`` array into one float16 memmap, deleted on exit.
 
     Rows with non-finite embeddings are left out (they can never be selected); the second value marks,
-    over all chosen rows in order, which ones were kept.
+    over all chosen rows in order, which ones were kept. The file's name records its owner process, so a
+    run killed outright (SIGKILL) leaves a spill the next run deletes (procs.sweep_stale); SIGTERM and
+    Ctrl-C unwind through this block and delete it at once.
     """
     total = sum(len(r) for r in rows_per_shard)
     os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix="normsim_d-", suffix=".f16", dir=folder) as handle:
+    sweep_stale(folder, ("normsim_d-",), suffix=".f16")
+    with tempfile.NamedTemporaryFile(prefix=owned_name("normsim_d-"), suffix=".f16", dir=folder) as handle:
+        _reserve(handle, max(total, 1) * dim * 2, folder)
         spill = np.memmap(handle, dtype=np.float16, mode="w+", shape=(max(total, 1), dim))
         finite = np.zeros(total, dtype=bool)
         seen = written = 0

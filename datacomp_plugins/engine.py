@@ -3,7 +3,8 @@
 The score cache is the hand-off: an engine only has to make sure every shard's scores are in the cache,
 so engines can be swapped without touching selection, and a killed run resumes where it stopped.
 Workers split the machine's cores between them (torch intra-op threads) and, with ``num_gpus``, each
-takes one GPU, as DataComp's own workers do.
+takes one GPU, as DataComp's own workers do. Workers are started only for shards the cache lacks, end with
+their parent however it ends (see procs.py), and are terminated, not waited for, when the run is interrupted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from dataclasses import dataclass
 
 from datacomp_plugins.pool import Pool, Shard
-from datacomp_plugins.scoring import Score, ScoreCache, ShardResult, compute_shard, load_shard, score_shard
+from datacomp_plugins.procs import bind_to_parent
+from datacomp_plugins.scoring import (
+    Score,
+    ScoreCache,
+    ShardResult,
+    cached_rows,
+    compute_shard,
+    load_shard,
+    score_shard,
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +40,9 @@ class Job:
 _JOB: Job | None = None
 
 
-def _init_worker(job: Job, threads: int, gpu_queue: mp.Queue | None) -> None:
+def _init_worker(job: Job, threads: int, gpu_queue: mp.Queue | None, parent: int) -> None:
     global _JOB
+    bind_to_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -58,9 +69,31 @@ def _run_prefetching(job: Job, shards: Sequence[Shard]) -> Iterator[ShardResult]
             yield compute_shard(job.cache, inputs)
 
 
+def _terminate(executor: ProcessPoolExecutor) -> None:
+    """Stop the workers now: cancel what has not started and kill what is computing (nobody will read it)."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+
+
 def run_local(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int = 0) -> Iterator[ShardResult]:
     """Score ``shards``, yielding each result as it completes (order may vary; results do not)."""
     workers = max(1, num_gpus if num_gpus > 0 else num_workers)
+    if workers > 1:  # processes only for what the cache lacks: an all-cached rerun starts none
+        todo = []
+        for shard in shards:
+            rows = cached_rows(job.cache, shard, job.scores)
+            if rows is not None:
+                yield ShardResult(shard.stem, rows, ())
+            else:
+                todo.append(shard)
+        shards = todo
     workers = min(workers, max(1, len(shards)))
     if workers == 1:  # one process (and at most one GPU, the current one): run here
         yield from _run_prefetching(job, shards)
@@ -72,13 +105,13 @@ def run_local(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int
         for gpu in range(workers):
             gpu_queue.put(gpu)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(job, threads, gpu_queue)) as executor:
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                   initargs=(job, threads, gpu_queue, os.getpid()))
+    try:
         futures = [executor.submit(_work, shard) for shard in shards]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        for future in as_completed(futures):
+            yield future.result()
+    except BaseException:  # an error, Ctrl-C, SIGTERM (procs.terminate_as_interrupt) or an abandoned generator
+        _terminate(executor)
+        raise
+    executor.shutdown(wait=True)

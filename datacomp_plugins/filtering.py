@@ -6,8 +6,9 @@ the two produce byte-identical uid files for the same flags.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from datacomp_plugins.engine import Job, run_local
 from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import check_writable
+from datacomp_plugins.fileio import check_folder_writable, check_writable
 from datacomp_plugins.pool import ARCH_DIMS, Pool
 from datacomp_plugins.scoring import (
     NegCLIPLossScore,
@@ -46,7 +47,7 @@ BASELINES: dict[str, str | None] = {
     "normsiminf": "inf",
     "normsim_d": "d",
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: the faster of fp32/bf16 here, measured (precision.py)
 ENGINES = ("local", "ray")
 
 
@@ -162,6 +163,7 @@ def validate(config: FilterConfig) -> None:
             raise PluginError(f"--num_gpus {config.num_gpus}: only {torch.cuda.device_count()} CUDA "
                               "device(s) visible; use --num_gpus 0 for the CPU")
     check_writable(config.save_path)
+    check_folder_writable(config.cache_dir or default_cache_dir(), "--cache_dir")
 
 
 def _validate_relevance(config: FilterConfig) -> None:
@@ -209,13 +211,17 @@ def score_pool(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...], config:
     """Make sure every shard has every score cached; returns how many shards needed computing."""
     job = Job(pool, cache, scores)
     computed = 0
+    total = len(pool.shards)
     if config.engine == "ray":
         from datacomp_plugins.engine_ray import run_ray
+        from datacomp_plugins.scoring import cached_rows
 
-        results = run_ray(job, pool.shards, config.num_workers, config.num_gpus, config.ray_address)
+        # only the shards the cache lacks go to Ray: an all-cached rerun connects to no cluster
+        todo = [shard for shard in pool.shards if cached_rows(cache, shard, scores) is None]
+        results, total = run_ray(job, todo, config.num_workers, config.num_gpus, config.ray_address), len(todo)
     else:
         results = run_local(job, pool.shards, config.num_workers, config.num_gpus)
-    for result in tqdm(results, total=len(pool.shards), desc=f"scoring {config.name}", unit="shard",
+    for result in tqdm(results, total=total, desc=f"scoring {config.name}", unit="shard",
                        disable=not config.progress):
         computed += bool(result.computed)
     return computed
@@ -277,7 +283,7 @@ def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: 
     rows = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     device = "cuda" if config.num_gpus > 0 else "cpu"
     with spill_image_embeddings(pool, pool.shards, rows, key, ARCH_DIMS[config.arch],
-                                os.path.join(cache.root, "_spill"), config.progress) as (spill, finite):
+                                cache.spill, config.progress) as (spill, finite):
         index = chosen[finite]
         kept = iterate(spill, uids[index], want, config.normsim_d_iters, device, config.progress)
     mask = np.zeros(len(uids), dtype=bool)
@@ -367,16 +373,52 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
 
 
 def run_filter(config: FilterConfig) -> Summary:
-    """Run one baseline end to end and write ``config.save_path``; returns the run's summary."""
+    """Run one baseline end to end and write ``config.save_path``; returns the run's summary.
+
+    SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
+    deleted, also when DataComp's patched ``baselines.py`` calls this directly.
+    """
+    from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
+    from datacomp_plugins.procs import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        try:
+            return _run_filter(config)
+        except OSError as exc:  # a write the helpers did not name (disk full, read-only): the user's to fix
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise PluginError(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+
+
+def _precision(config: FilterConfig) -> tuple[FilterConfig, str | None]:
+    """Resolve ``--precision auto`` (a short probe) and warn once when bf16 will be slow on this CPU."""
+    from datacomp_plugins import precision
+
+    device = "cuda" if config.num_gpus > 0 else "cpu"
+    use_quality = not (config.fraction == 1.0 and config.relevance is not None)
+    products = config.relevance in ("2", "inf") or (use_quality and config.quality == "negcliploss")
+    if not products:  # clip_score (and normsim_d's own stage) multiply nothing in --precision
+        return (dataclasses.replace(config, precision="fp32"), None) if config.precision == "auto" else (config, None)
+    if config.precision == "bf16" and (warning := precision.bf16_warning(device)):
+        print(warning, file=sys.stderr)
+    chosen, note = precision.resolve(config.precision, device)
+    return dataclasses.replace(config, precision=chosen), note
+
+
+def _run_filter(config: FilterConfig) -> Summary:
     started = time.perf_counter()
     validate(config)
+    config, precision_note = _precision(config)
     pool = Pool(config.metadata_dir)
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
+    cache.sweep()
     use_quality = not (config.fraction == 1.0 and config.relevance is not None)
     scores: list[Score] = [quality_score(config, config.quality)] if use_quality else []
     if config.relevance in ("2", "inf"):
         scores.append(_relevance_score(config, cache, pool))
     summary = Summary(config.name, shards=len(pool.shards))
+    if precision_note:
+        summary.notes.append(precision_note)
     summary.shards_scored = score_pool(pool, cache, tuple(scores), config)
     if config.streaming:
         return _run_streaming(config, pool, cache, scores[0], summary, started)

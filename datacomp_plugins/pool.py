@@ -11,7 +11,9 @@ import hashlib
 import json
 import posixpath
 import time
+import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,15 +26,17 @@ from datacomp_plugins.errors import PluginError
 from datacomp_plugins.uids import parse_hex
 
 ARCH_DIMS = {"l14": 768, "b32": 512}
-# Info fields that change when a file's content changes, by filesystem (local, memory, S3, GCS, ...).
-_VERSION_FIELDS = ("mtime", "LastModified", "updated", "ETag", "etag", "md5Hash", "created")
+# Listing fields derived from a file's content, by filesystem (S3/GCS/Azure ...): free to read, and they
+# change exactly when the content does. Times (mtime, LastModified) are not used: they change when a pool
+# is copied and say nothing about the content.
+_CONTENT_FIELDS = ("ETag", "etag", "md5Hash", "content_md5", "crc32c", "checksum", "sha256")
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One metadata shard: where its two files are and a fingerprint that changes when they do."""
+    """One metadata shard: where its two files are and a fingerprint of its name and content (not its place)."""
 
     stem: str
     parquet: str
@@ -40,8 +44,50 @@ class Shard:
     fingerprint: str
 
 
-def _version(info: dict) -> dict:
-    return {"size": info.get("size"), **{k: str(info[k]) for k in _VERSION_FIELDS if k in info}}
+def _parquet_footer(handle, size: int, path: str) -> bytes:
+    """The parquet footer (schema, row groups, per-chunk sizes, offsets and statistics): two small reads."""
+    if size < 12:
+        raise PluginError(f"{path}: not a parquet file ({size} bytes)")
+    handle.seek(size - 8)
+    tail = handle.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length > size - 12:
+        raise PluginError(f"{path}: not a parquet file (no parquet footer at its end)")
+    handle.seek(size - 8 - length)
+    return handle.read(length)
+
+
+def _zip_directory(handle, path: str) -> bytes:
+    """The npz's central directory: every array's name, sizes and the CRC-32 of its bytes."""
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            entries = [(i.filename, i.CRC, i.file_size, i.compress_size, i.header_offset)
+                       for i in archive.infolist()]
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise PluginError(f"{path}: unreadable npz ({exc})") from None
+    return json.dumps(entries).encode()
+
+
+def file_identity(fs: fsspec.AbstractFileSystem, path: str, info: dict) -> str:
+    """Size and a content fingerprint of one shard file, independent of where the file lies.
+
+    A content hash from the listing (ETag, md5, ...) where the store has one; else the parquet footer or
+    the npz central directory (CRC-32 of every array), each read with a seek to the file's end.
+    """
+    size = info.get("size")
+    content = {k: str(info[k]) for k in _CONTENT_FIELDS if info.get(k)}
+    if not content:
+        def read() -> bytes:
+            with fs.open(path, "rb") as handle:
+                if path.endswith(".npz"):
+                    return _zip_directory(handle, path)
+                return _parquet_footer(handle, int(size if size is not None else fs.size(path)), path)
+        try:
+            tail = with_retries(read, path)
+        except FileNotFoundError:
+            raise PluginError(f"{path}: file not found") from None
+        content = {"tail": hashlib.sha256(tail).hexdigest()}
+    return json.dumps({"size": size, **content}, sort_keys=True)
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = 4, delay: float = 0.5) -> T:
@@ -78,26 +124,24 @@ class Pool:
         if not stems:
             raise PluginError(f"{flag} {self.url}: no .parquet files; expected DataComp metadata "
                               "(<stem>.parquet with <stem>.npz beside it)")
-        shards = []
         for stem in stems:
-            parquet, npz = f"{stem}.parquet", f"{stem}.npz"
-            if npz not in listing:
-                raise PluginError(f"{self.join(parquet)}: no matching {npz} beside it "
+            if f"{stem}.npz" not in listing:
+                raise PluginError(f"{self.join(stem + '.parquet')}: no matching {stem}.npz beside it "
                                   "(DataComp's embedding cache is required)")
-            key = json.dumps([_version(listing[parquet]), _version(listing[npz])], sort_keys=True)
-            shards.append(Shard(stem, self.join(parquet), self.join(npz),
-                                hashlib.sha256(key.encode()).hexdigest()[:16]))
-        self.shards: list[Shard] = shards
+
+        def shard(stem: str) -> Shard:
+            # The stem is part of the identity: negCLIPLoss's batches are drawn from it.
+            parquet, npz = f"{stem}.parquet", f"{stem}.npz"
+            key = json.dumps([stem, file_identity(self.fs, self.join(parquet), listing[parquet]),
+                              file_identity(self.fs, self.join(npz), listing[npz])])
+            return Shard(stem, self.join(parquet), self.join(npz), hashlib.sha256(key.encode()).hexdigest()[:16])
+
+        with ThreadPoolExecutor(min(16, len(stems))) as readers:  # small reads: latency-bound on object stores
+            self.shards: list[Shard] = list(readers.map(shard, stems))
 
     def join(self, name: str) -> str:
         """Full path of a file in the metadata directory, as the filesystem names it."""
         return posixpath.join(self.root, name)
-
-    @property
-    def fingerprint(self) -> str:
-        """Identity of the pool's location, used to separate score caches of different pools."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return hashlib.sha256(f"{protocol}://{self.root}".encode()).hexdigest()[:16]
 
     # --- reading one shard -------------------------------------------------------------------------
 

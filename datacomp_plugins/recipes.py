@@ -92,8 +92,11 @@ def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str
     check_writable(save_path)
     if not union:
         return run_filter(FilterConfig(metadata_dir=metadata_dir, save_path=save_path, **settings)).line()
+    from datacomp_plugins.procs import owned_name, sweep_stale, terminate_as_interrupt
+
     folder = os.path.dirname(os.path.abspath(save_path))
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".recipe-") as scratch:
+    sweep_stale(folder, (".recipe-",))  # left by runs killed outright; SIGTERM/Ctrl-C delete their own
+    with terminate_as_interrupt(), tempfile.TemporaryDirectory(dir=folder, prefix=owned_name(".recipe-")) as scratch:
         ours = os.path.join(scratch, "filter.npy")
         line = run_filter(FilterConfig(metadata_dir=metadata_dir, save_path=ours, **settings)).line()
         parts = [np.asarray(load_uid_file(ours))] + [np.asarray(load_uid_file(path)) for path in union]

@@ -2,8 +2,9 @@
 
 Score once, select many: a score is computed per shard and saved as ``<score>-<key>.npy`` (float32, one
 value per parquet row, NaN for a sample that cannot be scored) beside the shard's ``uids-<key>.npy``.
-The key hashes everything that can change a single bit of the values (the shard files' size and mtime,
-the score's parameters, device and precision), so a rerun reuses what is valid and recomputes the rest.
+The key hashes everything that can change a single bit of the values (the shard's name and content identity,
+see pool.py; the score's parameters, device and precision), so a rerun reuses what is valid and recomputes
+the rest.
 Files are written atomically, and an unreadable or truncated file counts as missing.
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import atomic_open, atomic_save_npy
+from datacomp_plugins.fileio import CRC_SUFFIX, load_npy_checked, save_npy_checked
 from datacomp_plugins.pool import ARCH_DIMS, Pool, Shard
 from datacomp_plugins.uids import UID_DTYPE
 
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
     import torch
 
 CACHE_ENV = "DATACOMP_PLUGINS_CACHE"
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
+# Cache files live under <cache_dir>/<CACHE_LAYOUT>/: a layout change moves to a new folder, so an older
+# layout's files are never looked at (hence never misread), only recomputed.
+CACHE_LAYOUT = f"v{CACHE_FORMAT}"
 
 
 def default_cache_dir() -> str:
@@ -160,10 +164,16 @@ def _image_rows(embeddings: dict, key: str, device: str) -> tuple[np.ndarray, to
 
 @functools.lru_cache(maxsize=2)
 def _matrix(path: str, device: str) -> torch.Tensor:
-    """A materialised target or Gram matrix as float32 on ``device``, loaded once per process."""
+    """A materialised target or Gram matrix as float32 on ``device``, loaded (and CRC-checked) once per process.
+
+    The main process verified (or wrote) it just before scoring; a mismatch here means it changed since.
+    """
     import torch
 
-    return torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32)).to(device)
+    array = load_npy_checked(path, mmap=False)
+    if array is None:
+        raise PluginError(f"{path}: materialised target changed or vanished during the run; run again")
+    return torch.from_numpy(array.astype(np.float32)).to(device)
 
 
 @dataclass(frozen=True)
@@ -211,10 +221,14 @@ class NormSimScore(Score):
 
 
 class ScoreCache:
-    """Per-shard score files under ``<cache_dir>/<pool fingerprint>/<stem>/``."""
+    """Per-shard score files under ``<cache_dir>/v<format>/<stem>/``, named by the shard's content identity.
 
-    def __init__(self, cache_dir: str, pool: Pool) -> None:
-        self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), pool.fingerprint)
+    Not by the pool's location: a moved or renamed pool folder finds its scores again, and a shard replaced
+    by other content (same name) gets new file names, so its old scores are never read for it.
+    """
+
+    def __init__(self, cache_dir: str, pool: Pool | None = None) -> None:
+        self.root = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), CACHE_LAYOUT)
 
     def folder(self, shard: Shard) -> str:
         return os.path.join(self.root, shard.stem)
@@ -239,16 +253,24 @@ class ScoreCache:
         """The shard's cached score; ``verify=False`` as for :meth:`load_uids`."""
         return _load_valid(self.score_path(shard, score), np.dtype(np.float32), num_rows, verify)
 
+    @property
+    def spill(self) -> str:
+        """Where normsim_d spills its survivors' embeddings (temporaries, deleted after use)."""
+        return os.path.join(self.root, "_spill")
+
+    def sweep(self) -> int:
+        """Delete temporaries that killed runs left in the shared folders (their owner process is gone)."""
+        from datacomp_plugins.procs import sweep_stale
+
+        return (sweep_stale(self.spill, ("normsim_d-",), suffix=".f16")
+                + sweep_stale(self.targets, (".",), suffix=".tmp"))
+
     def save(self, path: str, array: np.ndarray) -> None:
         """Write ``array`` and, first, the CRC32 of its bytes (``<path>.crc32``), both atomically."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        array = np.ascontiguousarray(array)
-        with atomic_open(path + CRC_SUFFIX, "w") as handle:
-            handle.write(f"{zlib.crc32(array):08x}")
-        atomic_save_npy(path, array)
-
-
-CRC_SUFFIX = ".crc32"
+        try:
+            save_npy_checked(path, array)
+        except OSError as exc:  # e.g. --cache_dir replaced by a file mid-run
+            raise PluginError(f"score cache {os.path.dirname(path)}: cannot write ({exc.strerror or exc})") from None
 
 
 def _load_valid(path: str, dtype: np.dtype, rows: int | None, verify: bool = True) -> np.ndarray | None:
@@ -329,6 +351,14 @@ def compute_shard(cache: ScoreCache, inputs: ShardInputs | ShardResult) -> Shard
             raise AssertionError(f"{score.name} returned shape {values.shape} for {inputs.rows} rows")
         cache.save(cache.score_path(inputs.shard, score), values.astype(np.float32))
     return ShardResult(inputs.shard.stem, inputs.rows, tuple(s.name for s in inputs.missing))
+
+
+def cached_rows(cache: ScoreCache, shard: Shard, scores: Sequence[Score]) -> int | None:
+    """The shard's row count when its uids and every score are cached and pass their checks, else None."""
+    uids = cache.load_uids(shard)
+    if uids is None or any(cache.load_score(shard, s, len(uids)) is None for s in scores):
+        return None
+    return len(uids)
 
 
 def score_shard(pool: Pool, cache: ScoreCache, shard: Shard, scores: Sequence[Score]) -> ShardResult:

@@ -9,16 +9,16 @@ folder ``~/.cache/datacomp``, so a DataComp user downloads nothing twice). Anyth
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
+import sys
 import urllib.request
 import zipfile
 
 import numpy as np
 
 from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import atomic_open, atomic_save_npy
+from datacomp_plugins.fileio import atomic_open, load_npy_checked, save_npy_checked
 
 IN1K_BASE_URL = "https://github.com/sagadre/datacomp_baseline_assets/releases/download/v0.1.0-alpha/"
 IN1K_SHA256 = {
@@ -159,22 +159,43 @@ def fingerprint(target: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(target, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-def materialise(target: np.ndarray, folder: str) -> tuple[str, str, str]:
-    """Save the normalised target and its Gram matrix (float64) once for all workers.
+def _gram(target: np.ndarray) -> np.ndarray:
+    gram = np.zeros((target.shape[1], target.shape[1]))
+    for start in range(0, len(target), 65536):
+        block = target[start : start + 65536].astype(np.float64)
+        gram += block.T @ block
+    return gram
 
-    Returns (fingerprint, target path, gram path). Workers memory-map these instead of receiving copies.
+
+def _reuse(path: str, matches) -> bool:
+    """Whether the materialised file at ``path`` can be used: present, CRC intact and ``matches`` its content.
+
+    A file that exists but fails is reported (one line) and then rewritten by the caller.
+    """
+    if not os.path.isfile(path):
+        return False
+    array = load_npy_checked(path, mmap=True)
+    if array is not None and matches(array):
+        return True
+    print(f"warning: {path}: cached target file failed its checksum (corrupt or modified); recomputing it",
+          file=sys.stderr)
+    return False
+
+
+def materialise(target: np.ndarray, folder: str) -> tuple[str, str, str]:
+    """Save the normalised target and its Gram matrix (float64) once for all workers, each with a CRC32.
+
+    Returns (fingerprint, target path, gram path). Workers load these instead of receiving copies. Files
+    from an earlier run are reused only when their CRC32 and shape check out; a corrupt one is rewritten,
+    never silently used.
     """
     key = fingerprint(target)
     os.makedirs(folder, exist_ok=True)
     target_path = os.path.join(folder, f"target-{key}.npy")
     gram_path = os.path.join(folder, f"gram-{key}.npy")
-    if not os.path.isfile(target_path):
-        atomic_save_npy(target_path, target)
-    if not os.path.isfile(gram_path):
-        gram = np.zeros((target.shape[1], target.shape[1]))
-        for start in range(0, len(target), 65536):
-            block = target[start : start + 65536].astype(np.float64)
-            gram += block.T @ block
-        with contextlib.suppress(FileExistsError):
-            atomic_save_npy(gram_path, gram)
+    if not _reuse(target_path, lambda a: a.shape == target.shape and a.dtype == np.float32):
+        save_npy_checked(target_path, target)
+    dim = target.shape[1]
+    if not _reuse(gram_path, lambda a: a.shape == (dim, dim) and a.dtype == np.float64):
+        save_npy_checked(gram_path, _gram(target))
     return key, target_path, gram_path

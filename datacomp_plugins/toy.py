@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import atomic_open, atomic_save_npy
 from datacomp_plugins.pool import ARCH_DIMS
 from datacomp_plugins.uids import to_hex
@@ -34,6 +35,8 @@ NUM_CONCEPTS = 64
 TARGET_CONCEPTS = 8
 GENERIC_CAPTIONS = ("image", "photo", "picture", "untitled", "img", "stock photo")
 _SHARED, _CONCEPT = 0.36, 0.6  # image = _SHARED·s + _CONCEPT·c_k + noise (unit norm overall)
+MAX_ROWS = 1_000_000  # per shard: ~5 KB of embeddings per row are built in memory at once
+MAX_SHARDS = 100_000
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -84,11 +87,42 @@ def target_embeddings(arch: str, rows: int = 512, seed: int = 0) -> np.ndarray:
     return _images(rng, concepts, arch, seed).astype(np.float32)
 
 
-def write_toy_pool(out: str, shards: int = 6, rows: int = 4000, seed: int = 0) -> str:
-    """Write the pool under ``out``; returns a one-line summary. Same arguments give the same bytes."""
+def _check_arguments(out: str, shards: int, rows: int, seed: int, overwrite: bool) -> None:
+    """Refuse bad sizes and an existing pool before writing anything."""
+    for flag, value, low, high in (("--shards", shards, 1, MAX_SHARDS), ("--rows", rows, 1, MAX_ROWS),
+                                   ("--seed", seed, 0, 2**32 - 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise PluginError(f"{flag} {value}: expected an integer from {low} to {high}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PluginError(f"{out}: is a file; expected a folder to write the toy pool into")
     metadata = os.path.join(out, "metadata")
-    os.makedirs(metadata, exist_ok=True)
-    os.makedirs(os.path.join(out, "targets"), exist_ok=True)
+    existing = sorted(name for name in (os.listdir(metadata) if os.path.isdir(metadata) else [])
+                      if name.endswith((".parquet", ".npz")))
+    if os.path.exists(os.path.join(out, "labels.parquet")):
+        existing.append(os.path.join("..", "labels.parquet"))
+    if existing and not overwrite:
+        raise PluginError(f"{out}: already holds a pool ({os.path.join(metadata, existing[0])}"
+                          f"{f' and {len(existing) - 1} more files' if len(existing) > 1 else ''}); "
+                          "pass --overwrite to replace it")
+
+
+def write_toy_pool(out: str, shards: int = 6, rows: int = 4000, seed: int = 0, overwrite: bool = False) -> str:
+    """Write the pool under ``out``; returns a one-line summary. Same arguments give the same bytes.
+
+    An existing pool there is refused unless ``overwrite``, which replaces it whole: shards beyond the new
+    count are deleted, so the folder never mixes two pools.
+    """
+    _check_arguments(out, shards, rows, seed, overwrite)
+    metadata = os.path.join(out, "metadata")
+    try:
+        os.makedirs(metadata, exist_ok=True)
+        os.makedirs(os.path.join(out, "targets"), exist_ok=True)
+    except OSError as exc:
+        raise PluginError(f"{out}: cannot create the pool's folders ({exc.strerror or exc})") from None
+    rewritten = {f"{index:08d}.{ext}" for index in range(shards) for ext in ("parquet", "npz")}
+    for name in os.listdir(metadata):
+        if name.endswith((".parquet", ".npz")) and name not in rewritten:
+            os.unlink(os.path.join(metadata, name))  # a shard of the replaced pool beyond the new count
     rng = np.random.default_rng(seed)
     labels = []
     total = 0

@@ -23,8 +23,11 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0,
                        help="seed of the random batches (one generator per shard from seed and shard name)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="dtype of the matrix products (exp/log always in fp32); bf16 is ~3x faster on CPUs "
-                            "with bf16 units and on GPUs — see docs/PERFORMANCE.md for its effect on selection")
+                       help="dtype of the matrix products (sums and logs in fp32). fp32 (default) gives the same "
+                            "uid file on every machine. bf16 was 2.5x faster end to end on a CPU with AMX, but "
+                            "2.3-3.2x slower on CPUs without bf16 units (no amx_bf16/avx512_bf16), where it "
+                            "warns; auto times a short product in fp32 and bf16 here and uses the faster "
+                            "(printed in the summary). See docs/PERFORMANCE.md")
     group.add_argument("--quality_score", choices=QUALITY_SCORES, default="negcliploss",
                        help="normsim baselines: the quality stage's score (--fraction/--threshold); "
                             "--fraction 1.0 means no quality stage")

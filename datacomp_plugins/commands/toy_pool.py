@@ -14,12 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shards", type=int, default=6, help="number of metadata shards")
     parser.add_argument("--rows", type=int, default=4000, help="rows per shard (the last one is shorter)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a pool already in OUT (without it, an existing pool is refused)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from datacomp_plugins.toy import write_toy_pool
 
-    summary = write_toy_pool(args.out, shards=args.shards, rows=args.rows, seed=args.seed)
+    summary = write_toy_pool(args.out, shards=args.shards, rows=args.rows, seed=args.seed, overwrite=args.overwrite)
     print(summary)
     return 0
