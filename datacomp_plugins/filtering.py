@@ -6,6 +6,7 @@ the two produce byte-identical uid files for the same flags.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from datacomp_plugins import ranges
 from datacomp_plugins.engine import Job, run_local
 from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import check_writable
@@ -28,7 +30,6 @@ from datacomp_plugins.scoring import (
     default_cache_dir,
 )
 from datacomp_plugins.select import (
-    check_fraction,
     first_occurrence,
     index_in,
     isin,
@@ -47,6 +48,8 @@ BASELINES: dict[str, str | None] = {
     "normsim_d": "d",
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
+# --missing_score: what to do with pool samples that --external_scores has no score for
+MISSING_SCORE = ("drop", "error")
 ENGINES = ("local", "ray")
 
 
@@ -82,6 +85,8 @@ class FilterConfig:
     external_column: str | None = None
     external_fraction: float | None = None
     streaming: bool = False
+    missing_score: str = "drop"
+    allow_empty: bool = False
     progress: bool = True
 
     @property
@@ -123,31 +128,29 @@ class Summary:
 
 def validate(config: FilterConfig) -> None:
     """Every flag check that needs no data, so bad flags fail before any heavy work."""
+    for spec in dataclasses.fields(config):  # a recipe or the Python API may hand over any type
+        value = getattr(config, spec.name)
+        kind = str(spec.type)
+        if kind.startswith("str") and not (isinstance(value, str) or (value is None and "None" in kind)):
+            raise PluginError(f"--{spec.name} {value!r}: expected a string (a name or a path)")
     if config.name not in BASELINES:
         raise PluginError(f"--name {config.name}: unknown baseline; choose from {sorted(BASELINES)}")
     if config.arch not in ARCH_DIMS:
         raise PluginError(f"--arch {config.arch}: expected one of {sorted(ARCH_DIMS)}")
     if (config.fraction is None) == (config.threshold is None):
         raise PluginError("exactly one of --fraction and --threshold is required")
-    check_fraction(config.fraction, "--fraction")
-    if config.threshold is not None and not math.isfinite(config.threshold):
-        raise PluginError(f"--threshold {config.threshold}: must be a finite number")
-    for flag in ("num_batches", "negcliploss_batch_size"):
-        if getattr(config, flag) < 1:
-            raise PluginError(f"--{flag} {getattr(config, flag)}: must be at least 1")
-    if config.batch_size < 0:
-        raise PluginError(f"--batch_size {config.batch_size}: must be 0 (automatic) or a number of rows")
-    if config.num_workers < 0 or config.num_gpus < 0:
-        raise PluginError("--num_workers and --num_gpus must not be negative")
-    if not (config.temperature > 0 and math.isfinite(config.temperature)):
-        raise PluginError(f"--temperature {config.temperature}: must be a positive number")
+    check_numbers(config)
     if config.quality_score not in QUALITY_SCORES:
         raise PluginError(f"--quality_score {config.quality_score}: expected one of {list(QUALITY_SCORES)}")
     _validate_relevance(config)
     external = (config.external_scores, config.external_column, config.external_fraction)
     if any(v is not None for v in external) and any(v is None for v in external):
         raise PluginError("--external_scores, --external_column and --external_fraction go together")
-    check_fraction(config.external_fraction, "--external_fraction")
+    if config.missing_score not in MISSING_SCORE:
+        raise PluginError(f"--missing_score {config.missing_score}: expected one of {list(MISSING_SCORE)}")
+    for flag in ("streaming", "allow_empty", "progress"):
+        if not isinstance(getattr(config, flag), bool):
+            raise PluginError(f"--{flag} {getattr(config, flag)!r}: expected true or false")
     if config.streaming and (config.relevance is not None or config.given_uids or config.external_scores):
         raise PluginError("--streaming: only for a quality stage alone (clip_score, negcliploss) without "
                           "--given_uids/--external_scores")
@@ -162,6 +165,61 @@ def validate(config: FilterConfig) -> None:
             raise PluginError(f"--num_gpus {config.num_gpus}: only {torch.cuda.device_count()} CUDA "
                               "device(s) visible; use --num_gpus 0 for the CPU")
     check_writable(config.save_path)
+    refuse_input_as_output(config)
+
+
+# Every number of a filter run and its range (datacomp_plugins.ranges): checked before any work, whoever
+# built the config (command line, recipe, DataComp's patched baselines.py).
+NUMBER_RANGES = {
+    "fraction": ranges.FRACTION,
+    "threshold": ranges.THRESHOLD,
+    "num_workers": ranges.NUM_WORKERS,
+    "num_gpus": ranges.NUM_GPUS,
+    "batch_size": ranges.BLOCK_ROWS,
+    "num_batches": ranges.NUM_BATCHES,
+    "negcliploss_batch_size": ranges.NEGCLIPLOSS_BATCH_SIZE,
+    "temperature": ranges.TEMPERATURE,
+    "seed": ranges.SEED,
+    "normsim_fraction": ranges.FRACTION,
+    "normsim_threshold": ranges.THRESHOLD,
+    "normsim_d_iters": ranges.NORMSIM_D_ITERS,
+    "external_fraction": ranges.FRACTION,
+}
+
+
+def check_numbers(config: FilterConfig) -> None:
+    """Range-check every numeric setting (a recipe or the Python API may hand over any type)."""
+    for name, allowed in NUMBER_RANGES.items():
+        allowed.check(getattr(config, name), f"--{name}")
+
+
+def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] = ()) -> None:
+    """Refuse a --save_path that is one of the run's inputs, before anything is read.
+
+    The output is renamed over its path at the end, so writing onto a pool shard, the target or a uid file
+    the run restricts to would destroy an input (and, for a cached score, go unnoticed until the next run).
+    """
+    from datacomp_plugins.fileio import is_local, local_path
+
+    if not is_local(config.save_path):
+        return
+    out = os.path.realpath(local_path(config.save_path))
+    inputs = [(flag, value) for flag, value in (
+        ("--target", config.target), ("--external_scores", config.external_scores)) if value]
+    inputs += [("--given_uids", path) for path in (config.given_uids.split("::") if config.given_uids else [])]
+    inputs += [("recipe union file", path) for path in extra_inputs]
+    for flag, path in inputs:
+        if not is_local(path):
+            continue
+        real = os.path.realpath(local_path(path))
+        if out == real or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)):
+            raise PluginError(f"--save_path {config.save_path}: is the {flag} input {path}; choose another "
+                              "output path (writing there would replace the input)")
+    if is_local(config.metadata_dir):
+        pool = os.path.realpath(local_path(config.metadata_dir))
+        if os.path.dirname(out) == pool and out.endswith((".parquet", ".npz")):
+            raise PluginError(f"--save_path {config.save_path}: is a shard file of --metadata_dir "
+                              f"{config.metadata_dir}; choose another output path")
 
 
 def _validate_relevance(config: FilterConfig) -> None:
@@ -176,7 +234,6 @@ def _validate_relevance(config: FilterConfig) -> None:
     if (config.normsim_fraction is None) == (config.normsim_threshold is None):
         raise PluginError(f"--name {config.name}: exactly one of --normsim_fraction and --normsim_threshold "
                           "is required")
-    check_fraction(config.normsim_fraction, "--normsim_fraction")
     if (config.fraction is not None and config.normsim_fraction is not None
             and config.normsim_fraction > config.fraction):
         raise PluginError(f"--normsim_fraction {config.normsim_fraction} is larger than --fraction "
@@ -187,8 +244,6 @@ def _validate_relevance(config: FilterConfig) -> None:
             raise PluginError("--target: normsim_d uses no target set (the selected subset is its own target)")
         if config.normsim_threshold is not None:
             raise PluginError("--normsim_threshold: normsim_d needs --normsim_fraction (its final size)")
-        if config.normsim_d_iters < 1:
-            raise PluginError(f"--normsim_d_iters {config.normsim_d_iters}: must be at least 1")
     elif config.target is None:
         raise PluginError(f"--name {config.name}: needs --target (in1k, or a .npy/.npz/.pt file or folder of "
                           "target image embeddings)")

@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+from datacomp_plugins.commands import RawDefaultsHelpFormatter
+
 POLICY = """\
 bad input policy:
   - a uid file whose array is not 1-D u8,u8 is refused (names the file, its dtype, the expected one)
@@ -28,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="inspect, intersect/union/subtract and convert DataComp uid files",
         description=textwrap.fill(f"Work with uid lists as DataComp's resharder reads them. {UID_FILE}.", 100),
         epilog=POLICY,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDefaultsHelpFormatter,
     )
     actions = parser.add_subparsers(dest="uids_command", metavar="ACTION")
     actions.required = True
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         return actions.add_parser(name, help=help_text, description=textwrap.fill(description, 100), epilog=POLICY,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=RawDefaultsHelpFormatter)
 
     info = add("info", "count, order check, first/last uid, overlap with a pool",
                "Report a uid file: count, dtype, whether it is sorted and unique (counting uids out of order "
@@ -64,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "The output is sorted and unique.")
     from_hex.add_argument("input", metavar="INPUT", help="text file or parquet file")
     from_hex.add_argument("-o", "--output", required=True, metavar="OUT", help="uid file to write (.npy)")
-    from_hex.add_argument("--column", default="uid", help="parquet column holding the hex uids (default: uid)")
+    from_hex.add_argument("--column", default="uid", help="parquet column holding the hex uids")
     from_hex.set_defaults(handler=run_from_hex)
 
     to_hex = add("to-hex", "uid file -> text, one hex uid per line",
