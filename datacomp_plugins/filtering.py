@@ -385,7 +385,7 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
     if not _is_numeric(table.schema.field(column).type):
         raise PluginError(f"--external_scores {path}: column {column!r} is {table.schema.field(column).type}, "
                           "expected numbers")
-    theirs = parse_hex(table.column("uid"), source=path)
+    theirs = parse_hex(table.column("uid"), source=f"--external_scores {path}", column="uid")
     scores = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
     row = index_in(uids, theirs)
     return np.where(row >= 0, scores[row], np.nan)

@@ -14,7 +14,8 @@ bad input policy:
   - a uid file whose array is not 1-D u8,u8 is refused (names the file, its dtype, the expected one)
   - an unsorted or duplicated uid file is accepted: sorted and deduplicated, with a warning on stderr
     naming the file; outputs are always sorted and unique
-  - a malformed hex uid (from-hex) is refused with its file and line (text, 1-based) or row (parquet, 0-based)
+  - a malformed hex uid (from-hex) is refused with its file and line (text, 1-based) or row (parquet, 0-based):
+    each uid is exactly 32 hex digits (DataComp's uid), with only whitespace around it
   - a parquet file without the uid column is refused, listing its columns
   - a missing input file is refused, naming it
   refusals print 'error: ...', exit with code 2 and leave no output file; outputs are written to a
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from_hex = add("from-hex", "hex uids (text or parquet) -> uid file",
                    "Convert hex uids to a uid file. INPUT is a parquet file (detected by its PAR1 magic "
                    "bytes; --column names the uid column) or a text file with one hex uid per line (blank "
-                   "lines and surrounding whitespace ignored, upper or lower case, leading zeros optional). "
+                   "lines and whitespace around a uid ignored; every uid exactly 32 hex digits, upper or lower case). "
                    "The output is sorted and unique.")
     from_hex.add_argument("input", metavar="INPUT", help="text file or parquet file")
     from_hex.add_argument("-o", "--output", required=True, metavar="OUT", help="uid file to write (.npy)")
