@@ -108,6 +108,7 @@ class Summary:
     pool_samples: int = 0
     duplicates: int = 0
     unscorable: int = 0
+    missing_scores: int = 0
     after_quality: int = 0
     kept: int = 0
     shards: int = 0
@@ -312,13 +313,55 @@ def _quality_stage(config: FilterConfig, values: np.ndarray | None, uids: np.nda
                    pool_samples: int, summary: Summary) -> np.ndarray:
     if values is None:  # --fraction 1.0: no quality stage
         return eligible
-    if config.fraction is not None:
+    if config.name == "clip_score" and config.fraction is not None:
+        keep, _ = datacomp_fraction_mask(values, math.floor(pool_samples * config.fraction), eligible)
+    elif config.fraction is not None:
         want = math.floor(pool_samples * config.fraction)
         keep = top_k_mask(values, uids, want, eligible)
         if keep.sum() < want:
             summary.notes.append(f"only {int(keep.sum())} scorable samples for the {want} asked")
-        return keep
-    return threshold_mask(values, config.threshold, eligible)
+    else:
+        keep = threshold_mask(values, config.threshold, eligible)
+    summary.notes.append(describe_stage(config.quality, values, eligible, keep,
+                                        config.threshold if config.fraction is None else None))
+    return keep
+
+
+def datacomp_fraction_mask(values: np.ndarray, n: int, eligible: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """DataComp's CLIPScore rule (``apply_filter.get_threshold``): the cut-off is the (n+1)-th highest score
+    and every score >= it is kept, so n + 1 samples plus any tied with the cut-off.
+
+    The comparison baseline must select what DataComp's ``baselines.py --name clip_score`` selects, byte for
+    byte, so the comparison runs in the column's stored dtype, as pandas does there. Where DataComp fails
+    (n at or beyond the scorable samples: an IndexError, or a NaN cut-off that keeps nothing) every scorable
+    sample is kept.
+    """
+    ok = eligible & np.isfinite(values)
+    finite = values[ok]
+    if n >= len(finite):
+        return ok, None
+    position = len(finite) - 1 - n
+    cutoff = np.partition(finite, position)[position]
+    with np.errstate(invalid="ignore"):
+        return ok & (values >= cutoff), cutoff
+
+
+def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray, keep: np.ndarray,
+                   threshold: float | None, sampled: bool = False) -> str:
+    """Quantiles of a stage's scores and its cut-off, so a threshold that keeps nothing (or all) shows why."""
+    finite = values[eligible & np.isfinite(values)] if eligible is not None else values[np.isfinite(values)]
+    if len(finite) == 0:
+        return f"{name}: no finite scores"
+    q = np.quantile(finite.astype(np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
+    kept = values[keep & np.isfinite(values)] if keep is not None else finite[:0]
+    if threshold is not None:
+        cut = f"cut-off {threshold:.6g} (--threshold)"
+    elif len(kept):
+        cut = f"cut-off {float(kept.min()):.6g} (lowest kept)"
+    else:
+        cut = "cut-off: none (nothing kept)"
+    label = " (sampled)" if sampled else ""
+    return (f"{name} scores{label} min/25%/50%/75%/max " + "/".join(f"{v:.4g}" for v in q) + f"; {cut}")
 
 
 def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: np.ndarray,
@@ -347,7 +390,7 @@ def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summ
     ``--external_fraction`` of what remains by a score column keyed by uid. Our fractions are then shares
     of the restricted pool, as in the official code.
     """
-    from datacomp_plugins.uids import load_uid_file
+    from datacomp_plugins.uids import load_uid_file, to_hex
 
     unique = eligible
     for path in (config.given_uids.split("::") if config.given_uids else []):
@@ -357,6 +400,15 @@ def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summ
         eligible = eligible & inside
     if config.external_scores:
         values = external_scores(config.external_scores, config.external_column, uids)
+        missing = eligible & np.isnan(values)  # the file's own values are all finite
+        if missing.any() and config.missing_score == "error":
+            first = to_hex(uids[np.flatnonzero(missing)[:1]])[0].decode()
+            raise PluginError(f"--external_scores {config.external_scores}: no score for {int(missing.sum())} of "
+                              f"{int(eligible.sum())} pool samples (first: uid {first}); expected one per sample "
+                              "with --missing_score error (--missing_score drop leaves them out)")
+        summary.missing_scores = int(missing.sum())
+        summary.notes.append(f"{config.external_scores}: no score for {int(missing.sum())} pool samples"
+                             + (" (dropped)" if missing.any() else ""))
         want = math.floor(int(eligible.sum()) * config.external_fraction)
         eligible = top_k_mask(values, uids, want, eligible)
         summary.notes.append(f"{config.external_column} top {config.external_fraction:g}: {int(eligible.sum())}")
@@ -386,7 +438,18 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
         raise PluginError(f"--external_scores {path}: column {column!r} is {table.schema.field(column).type}, "
                           "expected numbers")
     theirs = parse_hex(table.column("uid"), source=f"--external_scores {path}", column="uid")
-    scores = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    values = table.column(column)
+    if values.null_count:
+        nulls = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+        raise PluginError(f"--external_scores {path}: column {column!r} is empty (null) at row {int(nulls[0])} "
+                          f"({len(nulls)} such rows); expected a finite number for every uid listed")
+    scores = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise PluginError(f"--external_scores {path}: column {column!r} is {scores[rows[0]]} at row {int(rows[0])} "
+                          f"({len(rows)} non-finite rows); expected a finite number for every uid listed "
+                          "(leave a sample out of the file to give it no score)")
     row = index_in(uids, theirs)
     return np.where(row >= 0, scores[row], np.nan)
 
@@ -395,26 +458,63 @@ def _is_numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 
-def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: Score, summary: Summary,
+def clip_score_column(pool: Pool, arch: str, progress: bool = False) -> np.ndarray:
+    """DataComp's ``clip_<arch>_similarity_score`` of the whole pool in shard order, in its stored dtype."""
+    from datacomp_plugins.scoring import numeric_column
+
+    column = f"clip_{arch}_similarity_score"
+    parts = [_shard_clip_scores(pool, shard, column, numeric_column)
+             for shard in tqdm(pool.shards, desc="reading clip scores", unit="shard", disable=not progress)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _shard_clip_scores(pool: Pool, shard, column: str, numeric_column) -> np.ndarray:
+    values = pool.read_columns(shard, [column]).column(column).to_numpy(zero_copy_only=False)
+    return numeric_column(values, shard.parquet, column)
+
+
+def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: Score | None, summary: Summary,
                    started: float) -> Summary:
-    """Quality-stage selection in passes over the cached score files (see streaming.py): bounded memory."""
-    from datacomp_plugins.streaming import threshold_streaming, top_k_streaming
+    """Quality-stage selection in passes over the cached score files (see streaming.py): bounded memory.
+
+    ``score`` None: --name clip_score, whose values are DataComp's parquet column read shard by shard.
+    """
+    from datacomp_plugins.scoring import numeric_column
+    from datacomp_plugins.streaming import kth_largest_streaming, threshold_streaming, top_k_streaming
+
+    column = f"clip_{config.arch}_similarity_score"
 
     def shards():
         for shard in pool.shards:
             uids = cache.load_uids(shard, verify=False)  # scoring verified every file already
-            yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
+            if score is None:
+                yield uids, _shard_clip_scores(pool, shard, column, numeric_column)
+            else:
+                yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
 
     rows = unscorable = 0
+    sample = []
     for _, values in shards():
         rows += len(values)
         unscorable += int((~np.isfinite(values)).sum())
+        sample.append(np.asarray(values[:: max(1, len(values) // 4096)], dtype=np.float64))
     summary.pool_rows = summary.pool_samples = rows
     summary.unscorable = unscorable
-    if config.fraction is not None:
+    cutoff = config.threshold
+    if config.fraction is not None and score is None:  # DataComp's rule: the (n+1)-th best, then >=
+        n = math.floor(rows * config.fraction)
+        cutoff = kth_largest_streaming(shards, n + 1)
+        kept = threshold_streaming(shards, cutoff) if cutoff is not None else top_k_streaming(shards, rows)
+    elif config.fraction is not None:
         kept = top_k_streaming(shards, math.floor(rows * config.fraction))
     else:
         kept = threshold_streaming(shards, config.threshold)
+    values = np.concatenate(sample) if sample else np.zeros(0)
+    note = describe_stage(config.quality, values, None, None, cutoff, sampled=True)
+    if cutoff is None and config.fraction is not None:
+        note = note.replace("; cut-off: none (nothing kept)", "; cut-off: the fraction's boundary score")
+    summary.notes.append(note)
+    refuse_empty(config, len(kept), summary)
     summary.kept = summary.after_quality = save_uid_file(config.save_path, kept)
     summary.notes.append("streaming selection (duplicate uids merged in the output only)")
     summary.seconds = time.perf_counter() - started
@@ -428,14 +528,18 @@ def run_filter(config: FilterConfig) -> Summary:
     pool = Pool(config.metadata_dir)
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
     use_quality = not (config.fraction == 1.0 and config.relevance is not None)
-    scores: list[Score] = [quality_score(config, config.quality)] if use_quality else []
+    # --name clip_score reads DataComp's column itself, in its stored dtype (see datacomp_fraction_mask)
+    direct = config.name == "clip_score"
+    scores: list[Score] = [quality_score(config, config.quality)] if use_quality and not direct else []
     if config.relevance in ("2", "inf"):
         scores.append(_relevance_score(config, cache, pool))
     summary = Summary(config.name, shards=len(pool.shards))
     summary.shards_scored = score_pool(pool, cache, tuple(scores), config)
     if config.streaming:
-        return _run_streaming(config, pool, cache, scores[0], summary, started)
+        return _run_streaming(config, pool, cache, None if direct else scores[0], summary, started)
     uids, columns = gather(pool, cache, tuple(scores))
+    if direct:
+        columns = [clip_score_column(pool, config.arch, config.progress)]
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)
     summary.duplicates = summary.pool_rows - int(eligible.sum())
@@ -450,12 +554,28 @@ def run_filter(config: FilterConfig) -> Summary:
     summary.after_quality = int(keep.sum())
     if config.relevance is not None:
         want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
+        survivors = keep
         if config.relevance == "d":
             keep = _normsim_d_stage(config, pool, cache, uids, keep, want)
-        elif config.normsim_fraction is not None:
-            keep = top_k_mask(columns[-1], uids, want, keep)
+            summary.notes.append("normsim_d: no single cut-off (iterative selection)")
         else:
-            keep = threshold_mask(columns[-1], config.normsim_threshold, keep)
+            if config.normsim_fraction is not None:
+                keep = top_k_mask(columns[-1], uids, want, keep)
+            else:
+                keep = threshold_mask(columns[-1], config.normsim_threshold, keep)
+            summary.notes.append(describe_stage(f"normsim{config.relevance}", columns[-1], survivors, keep,
+                                                config.normsim_threshold))
+    refuse_empty(config, int(keep.sum()), summary)
     summary.kept = save_uid_file(config.save_path, uids[keep])
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def refuse_empty(config: FilterConfig, kept: int, summary: Summary) -> None:
+    """Keeping nothing is almost always a wrong --threshold or broken scores: stop unless --allow_empty."""
+    if kept or config.allow_empty:
+        return
+    details = "; ".join(summary.notes)
+    raise PluginError(f"--name {config.name}: no sample of the {summary.pool_samples} kept ({details}); nothing "
+                      f"written to {config.save_path}. Check --threshold/--normsim_threshold against the "
+                      "scores above, or pass --allow_empty to write an empty uid file")
