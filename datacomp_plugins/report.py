@@ -414,6 +414,9 @@ def write_report(rows: Sequence[Row], out_dir: str) -> list[str]:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
+        blocked = [target for _, target in staged if os.path.isdir(target)]
+        if blocked:  # a rename onto a folder fails: find out before the first one lands
+            raise IsADirectoryError(21, f"{blocked[0]} is a folder")
         for tmp, target in staged:
             os.replace(tmp, target)
     except OSError as exc:
