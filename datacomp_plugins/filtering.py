@@ -346,8 +346,8 @@ def datacomp_fraction_mask(values: np.ndarray, n: int, eligible: np.ndarray) -> 
         return ok & (values >= cutoff), cutoff
 
 
-def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray, keep: np.ndarray,
-                   threshold: float | None, sampled: bool = False) -> str:
+def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray | None, keep: np.ndarray | None,
+                   threshold: float | None, sampled: bool = False, source: str = "--threshold") -> str:
     """Quantiles of a stage's scores and its cut-off, so a threshold that keeps nothing (or all) shows why."""
     finite = values[eligible & np.isfinite(values)] if eligible is not None else values[np.isfinite(values)]
     if len(finite) == 0:
@@ -355,7 +355,7 @@ def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray, keep: np
     q = np.quantile(finite.astype(np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
     kept = values[keep & np.isfinite(values)] if keep is not None else finite[:0]
     if threshold is not None:
-        cut = f"cut-off {threshold:.6g} (--threshold)"
+        cut = f"cut-off {threshold:.6g} ({source})"
     elif len(kept):
         cut = f"cut-off {float(kept.min()):.6g} (lowest kept)"
     else:
@@ -510,7 +510,8 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
     else:
         kept = threshold_streaming(shards, config.threshold)
     values = np.concatenate(sample) if sample else np.zeros(0)
-    note = describe_stage(config.quality, values, None, None, cutoff, sampled=True)
+    note = describe_stage(config.quality, values, None, None, cutoff, sampled=True,
+                          source="--threshold" if config.fraction is None else "the (floor(N*F)+1)-th best score")
     if cutoff is None and config.fraction is not None:
         note = note.replace("; cut-off: none (nothing kept)", "; cut-off: the fraction's boundary score")
     summary.notes.append(note)

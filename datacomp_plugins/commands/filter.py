@@ -41,7 +41,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--normsim_d_iters", type=int, default=500,
                        help="normsim_d: iterations (capped so each drops at least one sample; paper: 500)")
     group.add_argument("--cache_dir", default=None,
-                       help=f"score cache (default: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores)")
+                       help=f"score cache; unset: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores")
     group.add_argument("--given_uids", default=None,
                        help="restrict the pool to these uid files first (A.npy::B.npy = their intersection), "
                             "e.g. DFN's datacomp_medium_dfn_20m_inds.npy; fractions are then of the restricted pool")
@@ -61,7 +61,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray')")
     group.add_argument("--ray_address", default=None,
-                       help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+                       help="Ray cluster to join; unset: $RAY_ADDRESS, else start a local one")
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
