@@ -165,8 +165,8 @@ def validate(config: FilterConfig) -> None:
         if torch.cuda.device_count() < config.num_gpus:
             raise PluginError(f"--num_gpus {config.num_gpus}: only {torch.cuda.device_count()} CUDA "
                               "device(s) visible; use --num_gpus 0 for the CPU")
-    check_writable(config.save_path)
     refuse_input_as_output(config)
+    check_writable(config.save_path)
 
 
 # Every number of a filter run and its range (datacomp_plugins.ranges): checked before any work, whoever
