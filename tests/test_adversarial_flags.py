@@ -202,3 +202,15 @@ def test_every_filter_number_has_a_range():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["filter"]
     numeric = {a.dest for a in sub._actions if a.type in (int, float)}
     assert numeric and numeric <= set(NUMBER_RANGES), numeric - set(NUMBER_RANGES)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("temperature", ["1e-4", "1e4"])
+def test_temperature_range_ends_give_finite_scores(tmp_path, cache_dir, capsys, temperature, precision):
+    """The range is what the kernels handle: at both ends every sample gets a finite score."""
+    make_pool(str(tmp_path / "pool"), [50])
+    assert main(["filter", "--no_progress", "--name", "negcliploss", "--metadata_dir", str(tmp_path / "pool"),
+                 "--fraction", "0.5", "--negcliploss_batch_size", "16", "--temperature", temperature,
+                 "--precision", precision, "--save_path", str(tmp_path / "out.npy")]) == 0
+    line = capsys.readouterr().out
+    assert "kept 25 of 50" in line and "; 0 not scorable;" in line
