@@ -432,7 +432,11 @@ def run_embed(model: str, pretrained: str | None, images: Sequence[str], out: st
               num_workers: int = 0, device: str = "auto", precision: str = "fp32",
               model_config: str | None = None, progress: bool = True) -> EmbedResult:
     """The ``embed`` command: check everything cheap first, then load the model, encode, save atomically."""
+    from datacomp_plugins.ranges import EMBED_BATCH_SIZE, NUM_WORKERS
+
     start = time.monotonic()
+    EMBED_BATCH_SIZE.check(batch_size, "--batch_size")
+    NUM_WORKERS.check(num_workers, "--num_workers")
     check_writable(out, "--out")
     units = resolve_images(images, files_per_unit=max(1, batch_size))
     device = resolve_device(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from datacomp_plugins import ranges
 from datacomp_plugins.engine import Job, run_local
 from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import check_folder_writable, check_writable
@@ -29,7 +31,6 @@ from datacomp_plugins.scoring import (
     default_cache_dir,
 )
 from datacomp_plugins.select import (
-    check_fraction,
     first_occurrence,
     index_in,
     isin,
@@ -48,6 +49,8 @@ BASELINES: dict[str, str | None] = {
     "normsim_d": "d",
 }
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: the faster of fp32/bf16 here, measured (precision.py)
+# --missing_score: what to do with pool samples that --external_scores has no score for
+MISSING_SCORE = ("drop", "error")
 ENGINES = ("local", "ray")
 
 
@@ -83,6 +86,8 @@ class FilterConfig:
     external_column: str | None = None
     external_fraction: float | None = None
     streaming: bool = False
+    missing_score: str = "drop"
+    allow_empty: bool = False
     progress: bool = True
 
     @property
@@ -104,6 +109,7 @@ class Summary:
     pool_samples: int = 0
     duplicates: int = 0
     unscorable: int = 0
+    missing_scores: int = 0
     after_quality: int = 0
     kept: int = 0
     shards: int = 0
@@ -124,31 +130,29 @@ class Summary:
 
 def validate(config: FilterConfig) -> None:
     """Every flag check that needs no data, so bad flags fail before any heavy work."""
+    for spec in dataclasses.fields(config):  # a recipe or the Python API may hand over any type
+        value = getattr(config, spec.name)
+        kind = str(spec.type)
+        if kind.startswith("str") and not (isinstance(value, str) or (value is None and "None" in kind)):
+            raise PluginError(f"--{spec.name} {value!r}: expected a string (a name or a path)")
     if config.name not in BASELINES:
         raise PluginError(f"--name {config.name}: unknown baseline; choose from {sorted(BASELINES)}")
     if config.arch not in ARCH_DIMS:
         raise PluginError(f"--arch {config.arch}: expected one of {sorted(ARCH_DIMS)}")
     if (config.fraction is None) == (config.threshold is None):
         raise PluginError("exactly one of --fraction and --threshold is required")
-    check_fraction(config.fraction, "--fraction")
-    if config.threshold is not None and not math.isfinite(config.threshold):
-        raise PluginError(f"--threshold {config.threshold}: must be a finite number")
-    for flag in ("num_batches", "negcliploss_batch_size"):
-        if getattr(config, flag) < 1:
-            raise PluginError(f"--{flag} {getattr(config, flag)}: must be at least 1")
-    if config.batch_size < 0:
-        raise PluginError(f"--batch_size {config.batch_size}: must be 0 (automatic) or a number of rows")
-    if config.num_workers < 0 or config.num_gpus < 0:
-        raise PluginError("--num_workers and --num_gpus must not be negative")
-    if not (config.temperature > 0 and math.isfinite(config.temperature)):
-        raise PluginError(f"--temperature {config.temperature}: must be a positive number")
+    check_numbers(config)
     if config.quality_score not in QUALITY_SCORES:
         raise PluginError(f"--quality_score {config.quality_score}: expected one of {list(QUALITY_SCORES)}")
     _validate_relevance(config)
     external = (config.external_scores, config.external_column, config.external_fraction)
     if any(v is not None for v in external) and any(v is None for v in external):
         raise PluginError("--external_scores, --external_column and --external_fraction go together")
-    check_fraction(config.external_fraction, "--external_fraction")
+    if config.missing_score not in MISSING_SCORE:
+        raise PluginError(f"--missing_score {config.missing_score}: expected one of {list(MISSING_SCORE)}")
+    for flag in ("streaming", "allow_empty", "progress"):
+        if not isinstance(getattr(config, flag), bool):
+            raise PluginError(f"--{flag} {getattr(config, flag)!r}: expected true or false")
     if config.streaming and (config.relevance is not None or config.given_uids or config.external_scores):
         raise PluginError("--streaming: only for a quality stage alone (clip_score, negcliploss) without "
                           "--given_uids/--external_scores")
@@ -162,8 +166,63 @@ def validate(config: FilterConfig) -> None:
         if torch.cuda.device_count() < config.num_gpus:
             raise PluginError(f"--num_gpus {config.num_gpus}: only {torch.cuda.device_count()} CUDA "
                               "device(s) visible; use --num_gpus 0 for the CPU")
+    refuse_input_as_output(config)
     check_writable(config.save_path)
     check_folder_writable(config.cache_dir or default_cache_dir(), "--cache_dir")
+
+
+# Every number of a filter run and its range (datacomp_plugins.ranges): checked before any work, whoever
+# built the config (command line, recipe, DataComp's patched baselines.py).
+NUMBER_RANGES = {
+    "fraction": ranges.FRACTION,
+    "threshold": ranges.THRESHOLD,
+    "num_workers": ranges.NUM_WORKERS,
+    "num_gpus": ranges.NUM_GPUS,
+    "batch_size": ranges.BLOCK_ROWS,
+    "num_batches": ranges.NUM_BATCHES,
+    "negcliploss_batch_size": ranges.NEGCLIPLOSS_BATCH_SIZE,
+    "temperature": ranges.TEMPERATURE,
+    "seed": ranges.SEED,
+    "normsim_fraction": ranges.FRACTION,
+    "normsim_threshold": ranges.THRESHOLD,
+    "normsim_d_iters": ranges.NORMSIM_D_ITERS,
+    "external_fraction": ranges.FRACTION,
+}
+
+
+def check_numbers(config: FilterConfig) -> None:
+    """Range-check every numeric setting (a recipe or the Python API may hand over any type)."""
+    for name, allowed in NUMBER_RANGES.items():
+        allowed.check(getattr(config, name), f"--{name}")
+
+
+def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] = ()) -> None:
+    """Refuse a --save_path that is one of the run's inputs, before anything is read.
+
+    The output is renamed over its path at the end, so writing onto a pool shard, the target or a uid file
+    the run restricts to would destroy an input (and, for a cached score, go unnoticed until the next run).
+    """
+    from datacomp_plugins.fileio import is_local, local_path
+
+    if not is_local(config.save_path):
+        return
+    out = os.path.realpath(local_path(config.save_path))
+    inputs = [(flag, value) for flag, value in (
+        ("--target", config.target), ("--external_scores", config.external_scores)) if value]
+    inputs += [("--given_uids", path) for path in (config.given_uids.split("::") if config.given_uids else [])]
+    inputs += [("recipe union file", path) for path in extra_inputs]
+    for flag, path in inputs:
+        if not is_local(path):
+            continue
+        real = os.path.realpath(local_path(path))
+        if out == real or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)):
+            raise PluginError(f"--save_path {config.save_path}: is the {flag} input {path}; choose another "
+                              "output path (writing there would replace the input)")
+    if is_local(config.metadata_dir):
+        pool = os.path.realpath(local_path(config.metadata_dir))
+        if os.path.dirname(out) == pool and out.endswith((".parquet", ".npz")):
+            raise PluginError(f"--save_path {config.save_path}: is a shard file of --metadata_dir "
+                              f"{config.metadata_dir}; choose another output path")
 
 
 def _validate_relevance(config: FilterConfig) -> None:
@@ -178,7 +237,6 @@ def _validate_relevance(config: FilterConfig) -> None:
     if (config.normsim_fraction is None) == (config.normsim_threshold is None):
         raise PluginError(f"--name {config.name}: exactly one of --normsim_fraction and --normsim_threshold "
                           "is required")
-    check_fraction(config.normsim_fraction, "--normsim_fraction")
     if (config.fraction is not None and config.normsim_fraction is not None
             and config.normsim_fraction > config.fraction):
         raise PluginError(f"--normsim_fraction {config.normsim_fraction} is larger than --fraction "
@@ -189,8 +247,6 @@ def _validate_relevance(config: FilterConfig) -> None:
             raise PluginError("--target: normsim_d uses no target set (the selected subset is its own target)")
         if config.normsim_threshold is not None:
             raise PluginError("--normsim_threshold: normsim_d needs --normsim_fraction (its final size)")
-        if config.normsim_d_iters < 1:
-            raise PluginError(f"--normsim_d_iters {config.normsim_d_iters}: must be at least 1")
     elif config.target is None:
         raise PluginError(f"--name {config.name}: needs --target (in1k, or a .npy/.npz/.pt file or folder of "
                           "target image embeddings)")
@@ -263,13 +319,55 @@ def _quality_stage(config: FilterConfig, values: np.ndarray | None, uids: np.nda
                    pool_samples: int, summary: Summary) -> np.ndarray:
     if values is None:  # --fraction 1.0: no quality stage
         return eligible
-    if config.fraction is not None:
+    if config.name == "clip_score" and config.fraction is not None:
+        keep, _ = datacomp_fraction_mask(values, math.floor(pool_samples * config.fraction), eligible)
+    elif config.fraction is not None:
         want = math.floor(pool_samples * config.fraction)
         keep = top_k_mask(values, uids, want, eligible)
         if keep.sum() < want:
             summary.notes.append(f"only {int(keep.sum())} scorable samples for the {want} asked")
-        return keep
-    return threshold_mask(values, config.threshold, eligible)
+    else:
+        keep = threshold_mask(values, config.threshold, eligible)
+    summary.notes.append(describe_stage(config.quality, values, eligible, keep,
+                                        config.threshold if config.fraction is None else None))
+    return keep
+
+
+def datacomp_fraction_mask(values: np.ndarray, n: int, eligible: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """DataComp's CLIPScore rule (``apply_filter.get_threshold``): the cut-off is the (n+1)-th highest score
+    and every score >= it is kept, so n + 1 samples plus any tied with the cut-off.
+
+    The comparison baseline must select what DataComp's ``baselines.py --name clip_score`` selects, byte for
+    byte, so the comparison runs in the column's stored dtype, as pandas does there. Where DataComp fails
+    (n at or beyond the scorable samples: an IndexError, or a NaN cut-off that keeps nothing) every scorable
+    sample is kept.
+    """
+    ok = eligible & np.isfinite(values)
+    finite = values[ok]
+    if n >= len(finite):
+        return ok, None
+    position = len(finite) - 1 - n
+    cutoff = np.partition(finite, position)[position]
+    with np.errstate(invalid="ignore"):
+        return ok & (values >= cutoff), cutoff
+
+
+def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray | None, keep: np.ndarray | None,
+                   threshold: float | None, sampled: bool = False, source: str = "--threshold") -> str:
+    """Quantiles of a stage's scores and its cut-off, so a threshold that keeps nothing (or all) shows why."""
+    finite = values[eligible & np.isfinite(values)] if eligible is not None else values[np.isfinite(values)]
+    if len(finite) == 0:
+        return f"{name}: no finite scores"
+    q = np.quantile(finite.astype(np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
+    kept = values[keep & np.isfinite(values)] if keep is not None else finite[:0]
+    if threshold is not None:
+        cut = f"cut-off {threshold:.6g} ({source})"
+    elif len(kept):
+        cut = f"cut-off {float(kept.min()):.6g} (lowest kept)"
+    else:
+        cut = "cut-off: none (nothing kept)"
+    label = " (sampled)" if sampled else ""
+    return (f"{name} scores{label} min/25%/50%/75%/max " + "/".join(f"{v:.4g}" for v in q) + f"; {cut}")
 
 
 def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: np.ndarray,
@@ -298,7 +396,7 @@ def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summ
     ``--external_fraction`` of what remains by a score column keyed by uid. Our fractions are then shares
     of the restricted pool, as in the official code.
     """
-    from datacomp_plugins.uids import load_uid_file
+    from datacomp_plugins.uids import load_uid_file, to_hex
 
     unique = eligible
     for path in (config.given_uids.split("::") if config.given_uids else []):
@@ -308,6 +406,15 @@ def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summ
         eligible = eligible & inside
     if config.external_scores:
         values = external_scores(config.external_scores, config.external_column, uids)
+        missing = eligible & np.isnan(values)  # the file's own values are all finite
+        if missing.any() and config.missing_score == "error":
+            first = to_hex(uids[np.flatnonzero(missing)[:1]])[0].decode()
+            raise PluginError(f"--external_scores {config.external_scores}: no score for {int(missing.sum())} of "
+                              f"{int(eligible.sum())} pool samples (first: uid {first}); expected one per sample "
+                              "with --missing_score error (--missing_score drop leaves them out)")
+        summary.missing_scores = int(missing.sum())
+        summary.notes.append(f"{config.external_scores}: no score for {int(missing.sum())} pool samples"
+                             + (" (dropped)" if missing.any() else ""))
         want = math.floor(int(eligible.sum()) * config.external_fraction)
         eligible = top_k_mask(values, uids, want, eligible)
         summary.notes.append(f"{config.external_column} top {config.external_fraction:g}: {int(eligible.sum())}")
@@ -336,8 +443,19 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
     if not _is_numeric(table.schema.field(column).type):
         raise PluginError(f"--external_scores {path}: column {column!r} is {table.schema.field(column).type}, "
                           "expected numbers")
-    theirs = parse_hex(table.column("uid"), source=path)
-    scores = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    theirs = parse_hex(table.column("uid"), source=f"--external_scores {path}", column="uid")
+    values = table.column(column)
+    if values.null_count:
+        nulls = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+        raise PluginError(f"--external_scores {path}: column {column!r} is empty (null) at row {int(nulls[0])} "
+                          f"({len(nulls)} such rows); expected a finite number for every uid listed")
+    scores = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise PluginError(f"--external_scores {path}: column {column!r} is {scores[rows[0]]} at row {int(rows[0])} "
+                          f"({len(rows)} non-finite rows); expected a finite number for every uid listed "
+                          "(leave a sample out of the file to give it no score)")
     row = index_in(uids, theirs)
     return np.where(row >= 0, scores[row], np.nan)
 
@@ -346,26 +464,64 @@ def _is_numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 
-def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: Score, summary: Summary,
+def clip_score_column(pool: Pool, arch: str, progress: bool = False) -> np.ndarray:
+    """DataComp's ``clip_<arch>_similarity_score`` of the whole pool in shard order, in its stored dtype."""
+    from datacomp_plugins.scoring import numeric_column
+
+    column = f"clip_{arch}_similarity_score"
+    parts = [_shard_clip_scores(pool, shard, column, numeric_column)
+             for shard in tqdm(pool.shards, desc="reading clip scores", unit="shard", disable=not progress)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _shard_clip_scores(pool: Pool, shard, column: str, numeric_column) -> np.ndarray:
+    values = pool.read_columns(shard, [column]).column(column).to_numpy(zero_copy_only=False)
+    return numeric_column(values, shard.parquet, column)
+
+
+def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: Score | None, summary: Summary,
                    started: float) -> Summary:
-    """Quality-stage selection in passes over the cached score files (see streaming.py): bounded memory."""
-    from datacomp_plugins.streaming import threshold_streaming, top_k_streaming
+    """Quality-stage selection in passes over the cached score files (see streaming.py): bounded memory.
+
+    ``score`` None: --name clip_score, whose values are DataComp's parquet column read shard by shard.
+    """
+    from datacomp_plugins.scoring import numeric_column
+    from datacomp_plugins.streaming import kth_largest_streaming, threshold_streaming, top_k_streaming
+
+    column = f"clip_{config.arch}_similarity_score"
 
     def shards():
         for shard in pool.shards:
             uids = cache.load_uids(shard, verify=False)  # scoring verified every file already
-            yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
+            if score is None:
+                yield uids, _shard_clip_scores(pool, shard, column, numeric_column)
+            else:
+                yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
 
     rows = unscorable = 0
+    sample = []
     for _, values in shards():
         rows += len(values)
         unscorable += int((~np.isfinite(values)).sum())
+        sample.append(np.asarray(values[:: max(1, len(values) // 4096)], dtype=np.float64))
     summary.pool_rows = summary.pool_samples = rows
     summary.unscorable = unscorable
-    if config.fraction is not None:
+    cutoff = config.threshold
+    if config.fraction is not None and score is None:  # DataComp's rule: the (n+1)-th best, then >=
+        n = math.floor(rows * config.fraction)
+        cutoff = kth_largest_streaming(shards, n + 1)
+        kept = threshold_streaming(shards, cutoff) if cutoff is not None else top_k_streaming(shards, rows)
+    elif config.fraction is not None:
         kept = top_k_streaming(shards, math.floor(rows * config.fraction))
     else:
         kept = threshold_streaming(shards, config.threshold)
+    values = np.concatenate(sample) if sample else np.zeros(0)
+    note = describe_stage(config.quality, values, None, None, cutoff, sampled=True,
+                          source="--threshold" if config.fraction is None else "the (floor(N*F)+1)-th best score")
+    if cutoff is None and config.fraction is not None:
+        note = note.replace("; cut-off: none (nothing kept)", "; cut-off: the fraction's boundary score")
+    summary.notes.append(note)
+    refuse_empty(config, len(kept), summary)
     summary.kept = summary.after_quality = save_uid_file(config.save_path, kept)
     summary.notes.append("streaming selection (duplicate uids merged in the output only)")
     summary.seconds = time.perf_counter() - started
@@ -413,7 +569,9 @@ def _run_filter(config: FilterConfig) -> Summary:
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
     cache.sweep()
     use_quality = not (config.fraction == 1.0 and config.relevance is not None)
-    scores: list[Score] = [quality_score(config, config.quality)] if use_quality else []
+    # --name clip_score reads DataComp's column itself, in its stored dtype (see datacomp_fraction_mask)
+    direct = config.name == "clip_score"
+    scores: list[Score] = [quality_score(config, config.quality)] if use_quality and not direct else []
     if config.relevance in ("2", "inf"):
         scores.append(_relevance_score(config, cache, pool))
     summary = Summary(config.name, shards=len(pool.shards))
@@ -421,8 +579,10 @@ def _run_filter(config: FilterConfig) -> Summary:
         summary.notes.append(precision_note)
     summary.shards_scored = score_pool(pool, cache, tuple(scores), config)
     if config.streaming:
-        return _run_streaming(config, pool, cache, scores[0], summary, started)
+        return _run_streaming(config, pool, cache, None if direct else scores[0], summary, started)
     uids, columns = gather(pool, cache, tuple(scores))
+    if direct:
+        columns = [clip_score_column(pool, config.arch, config.progress)]
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)
     summary.duplicates = summary.pool_rows - int(eligible.sum())
@@ -437,12 +597,28 @@ def _run_filter(config: FilterConfig) -> Summary:
     summary.after_quality = int(keep.sum())
     if config.relevance is not None:
         want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
+        survivors = keep
         if config.relevance == "d":
             keep = _normsim_d_stage(config, pool, cache, uids, keep, want)
-        elif config.normsim_fraction is not None:
-            keep = top_k_mask(columns[-1], uids, want, keep)
+            summary.notes.append("normsim_d: no single cut-off (iterative selection)")
         else:
-            keep = threshold_mask(columns[-1], config.normsim_threshold, keep)
+            if config.normsim_fraction is not None:
+                keep = top_k_mask(columns[-1], uids, want, keep)
+            else:
+                keep = threshold_mask(columns[-1], config.normsim_threshold, keep)
+            summary.notes.append(describe_stage(f"normsim{config.relevance}", columns[-1], survivors, keep,
+                                                config.normsim_threshold))
+    refuse_empty(config, int(keep.sum()), summary)
     summary.kept = save_uid_file(config.save_path, uids[keep])
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def refuse_empty(config: FilterConfig, kept: int, summary: Summary) -> None:
+    """Keeping nothing is almost always a wrong --threshold or broken scores: stop unless --allow_empty."""
+    if kept or config.allow_empty:
+        return
+    details = "; ".join(summary.notes)
+    raise PluginError(f"--name {config.name}: no sample of the {summary.pool_samples} kept ({details}); nothing "
+                      f"written to {config.save_path}. Check --threshold/--normsim_threshold against the "
+                      "scores above, or pass --allow_empty to write an empty uid file")

@@ -8,10 +8,13 @@ passed in as index batches, so every function here can be checked against a brut
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from datacomp_plugins.errors import PluginError
 
 # Row/column sums of exp(logit - shift) below this are recomputed exactly (their terms may have underflowed);
 # above it, everything float32 can lose is < 1e-8 of the sum.
@@ -27,9 +30,27 @@ BLOCK_BYTES = 64 << 20
 
 
 def block_step(block_rows: int, n: int, element_size: int = 4) -> int:
-    """Rows of logits computed at once: ``block_rows`` (0: fit BLOCK_BYTES), a whole number of pieces."""
+    """Rows of logits computed at once: ``block_rows`` (0: fit BLOCK_BYTES), a whole number of pieces.
+
+    Never more pieces than the ``n`` rows need (a larger ``--batch_size`` changes nothing but memory), and a
+    block that cannot fit in this machine's memory is refused before it is allocated.
+    """
     wanted = block_rows if block_rows > 0 else BLOCK_BYTES // (element_size * max(n, 1))
-    return max(_PIECE, wanted // _PIECE * _PIECE)
+    step = max(_PIECE, min(wanted // _PIECE * _PIECE, -(-max(n, 1) // _PIECE) * _PIECE))
+    need = step * max(n, 1) * element_size * 2  # the block and its exponentials' column pieces
+    available = _physical_memory()
+    if block_rows > 0 and available and need > available // 2:
+        raise PluginError(f"--batch_size {block_rows}: a block of {step} x {n} logits needs "
+                          f"{need / 2**30:.1f} GiB, more than half of this machine's {available / 2**30:.1f} GiB; "
+                          "use a smaller --batch_size, or 0 for automatic")
+    return step
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def clip_score(image: torch.Tensor, text: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -166,7 +166,7 @@ class Pool:
 
     def read_uids(self, shard: Shard) -> np.ndarray:
         """The shard's uids as ``u8,u8``, in row order, parsed vectorised."""
-        return parse_hex(self.read_columns(shard, ["uid"]).column("uid"), source=shard.parquet)
+        return parse_hex(self.read_columns(shard, ["uid"]).column("uid"), source=shard.parquet, column="uid")
 
     def read_embeddings(self, shard: Shard, keys: Sequence[str], num_rows: int) -> dict[str, np.ndarray]:
         """The named npz arrays (n, d) as float16 or float32, checked against the parquet's row count."""

@@ -49,8 +49,21 @@ def available(folder: Path = RECIPE_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Filter settings a recipe may not set (the command's own flags give them).
+_NOT_SETTABLE = {"metadata_dir": "--metadata_dir", "save_path": "--save_path", "progress": "--no_progress"}
+
+
 def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
-    """A recipe by name (``baselines/<name>.toml``) or by path to a .toml file."""
+    """A recipe by name (``baselines/<name>.toml``) or by path to a .toml file.
+
+    A name is a plain file stem: one holding a path separator or ``..`` would reach outside ``baselines/``
+    (give such a recipe as a path ending in .toml instead).
+    """
+    if not name_or_path.endswith(".toml") and (not _NAME.match(name_or_path) or ".." in name_or_path):
+        raise PluginError(f"recipe {name_or_path!r}: not a recipe name (letters, digits, '_', '-', '.'; no path "
+                          f"separator or '..'); give a .toml path for a recipe outside baselines/; available: "
+                          f"{', '.join(available(folder)) or 'none'}")
     path = Path(name_or_path) if name_or_path.endswith(".toml") else folder / f"{name_or_path}.toml"
     if not path.is_file():
         raise PluginError(f"recipe {name_or_path}: not found; available: {', '.join(available(folder)) or 'none'}")
@@ -62,13 +75,49 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
         raise PluginError(f"{path}: a recipe needs a [filter] table with a name")
     from datacomp_plugins.filtering import FilterConfig
 
-    known = {f.name for f in dataclasses.fields(FilterConfig)}
+    known = {f.name for f in dataclasses.fields(FilterConfig)} - set(_NOT_SETTABLE)
     unknown = sorted(set(data["filter"]) - known)
     if unknown:
-        raise PluginError(f"{path}: unknown filter settings {unknown}")
+        raise PluginError(f"{path}: unknown filter settings {unknown}; known: {sorted(known)}")
+    medium = data.get("medium", {}).get("expected_samples", 0)
+    if isinstance(medium, bool) or not isinstance(medium, int) or medium < 0:
+        raise PluginError(f"{path}: [medium] expected_samples is {medium!r}; expected a count of samples (>= 0)")
     return Recipe(path.stem, data.get("title", path.stem), data.get("notes", ""), dict(data["filter"]),
                   list(data.get("union", {}).get("files", [])), dict(data.get("paper", {})),
-                  int(data.get("medium", {}).get("expected_samples", 0)))
+                  medium)
+
+
+def setting_kind(key: str) -> str:
+    """The schema type of a filter setting, as written in FilterConfig ("int", "float | None", "bool", ...)."""
+    from datacomp_plugins.filtering import FilterConfig
+
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(FilterConfig) if f.name not in _NOT_SETTABLE}
+    if key not in kinds:
+        hint = f" (give it as {_NOT_SETTABLE[key]})" if key in _NOT_SETTABLE else ""
+        raise PluginError(f"--set {key}: unknown setting{hint}; known settings: {', '.join(sorted(kinds))}")
+    return kinds[key]
+
+
+def parse_setting(key: str, text: str):
+    """``--set key=text`` typed by the setting's schema: a typo is an error, never a string where a number goes.
+
+    Booleans take ``true``/``false`` only (``bool("false")`` is True); optional settings take ``none``.
+    """
+    kind = setting_kind(key)
+    if kind.endswith("| None") and text.strip().lower() == "none":
+        return None
+    base = kind.split("|")[0].strip()
+    if base == "bool":
+        if text.strip().lower() not in ("true", "false"):
+            raise PluginError(f"--set {key}={text}: expected true or false")
+        return text.strip().lower() == "true"
+    if base in ("int", "float"):
+        try:
+            return int(text) if base == "int" else float(text)
+        except ValueError:
+            raise PluginError(f"--set {key}={text}: expected {'an integer' if base == 'int' else 'a number'}"
+                              f"{' or none' if kind.endswith('| None') else ''}") from None
+    return text
 
 
 def _fill(value, values: dict[str, str], recipe: Recipe):
@@ -82,23 +131,27 @@ def _fill(value, values: dict[str, str], recipe: Recipe):
 
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
-    from datacomp_plugins.fileio import check_writable
-    from datacomp_plugins.filtering import FilterConfig, run_filter
+    from datacomp_plugins.filtering import FilterConfig, refuse_input_as_output, run_filter, validate
     from datacomp_plugins.uids import load_uid_file, save_uid_file
 
     settings = {k: _fill(v, values, recipe) for k, v in recipe.filter.items()}
     union = [_fill(v, values, recipe) for v in recipe.union]
+    for path in union:
+        if not isinstance(path, str):
+            raise PluginError(f"recipe {recipe.name}: [union] files holds {path!r}; expected uid file paths")
     settings.update(overrides)
-    check_writable(save_path)
+    config = FilterConfig(metadata_dir=metadata_dir, save_path=save_path, **settings)
+    validate(config)  # every setting, the output path and its inputs, before any work
+    refuse_input_as_output(config, tuple(union))
     if not union:
-        return run_filter(FilterConfig(metadata_dir=metadata_dir, save_path=save_path, **settings)).line()
+        return run_filter(config).line()
     from datacomp_plugins.procs import owned_name, sweep_stale, terminate_as_interrupt
 
     folder = os.path.dirname(os.path.abspath(save_path))
     sweep_stale(folder, (".recipe-",))  # left by runs killed outright; SIGTERM/Ctrl-C delete their own
     with terminate_as_interrupt(), tempfile.TemporaryDirectory(dir=folder, prefix=owned_name(".recipe-")) as scratch:
         ours = os.path.join(scratch, "filter.npy")
-        line = run_filter(FilterConfig(metadata_dir=metadata_dir, save_path=ours, **settings)).line()
+        line = run_filter(dataclasses.replace(config, save_path=ours)).line()
         parts = [np.asarray(load_uid_file(ours))] + [np.asarray(load_uid_file(path)) for path in union]
         count = save_uid_file(save_path, np.concatenate(parts))
     return f"{line}; united with {len(union)} uid file(s): {count} uids"

@@ -21,17 +21,18 @@ ignored, as ``evaluate.py`` ignores them. All metrics are fractions in [0, 1]; t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import atomic_open
 
 RESULTS_FILE = "eval_results.jsonl"
 
@@ -214,6 +215,12 @@ def read_results(path: Path) -> tuple[dict[str, dict], list[str]]:
                 f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}); "
                 "expected one JSON object per line as written by DataComp's evaluate.py"
             ) from None
+        except RecursionError:
+            raise PluginError(f"{path}:{lineno}: JSON nested too deeply to read; expected one flat JSON object "
+                              "per line as written by DataComp's evaluate.py") from None
+        except ValueError as exc:  # e.g. an integer literal longer than Python converts
+            raise PluginError(f"{path}:{lineno}: unreadable JSON value ({str(exc)[:120]}); expected one JSON "
+                              "object per line as written by DataComp's evaluate.py") from None
         if not isinstance(record, dict):
             raise PluginError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
         key = record.get("key")
@@ -238,13 +245,20 @@ def _main_metric(path: Path, key: str, record: Mapping) -> float:
             "(remove the line and rerun evaluate.py for this task)"
         )
     value = metrics["main_metric"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise PluginError(f"{where}: metrics.main_metric is {value!r}; expected a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise PluginError(
             f"{where}: metrics.main_metric is {value}; expected a fraction in [0, 1], not a percentage"
         )
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def score_run(run: str, allow_partial: bool = False) -> Row:
@@ -387,13 +401,29 @@ def write_report(rows: Sequence[Row], out_dir: str) -> list[str]:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise PluginError(f"--out {out_dir}: cannot create the folder ({exc.strerror})") from None
-    written = []
-    for name, data in contents.items():
-        target = os.path.join(out_dir, name)
-        try:
-            with atomic_open(target, "wb") as handle:
+    # All three files or none: each is written under a temporary name first and renamed only when every one
+    # is complete, so a failure (full disk, permissions) never leaves half a report beside an older one.
+    staged: list[tuple[str, str]] = []
+    try:
+        for name, data in contents.items():
+            target = os.path.join(out_dir, name)
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            staged.append((tmp, target))
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-        except OSError as exc:
-            raise PluginError(f"--out {out_dir}: cannot write {name} ({exc.strerror})") from None
-        written.append(target)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+        blocked = [target for _, target in staged if os.path.isdir(target)]
+        if blocked:  # a rename onto a folder fails: find out before the first one lands
+            raise IsADirectoryError(21, f"{blocked[0]} is a folder")
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except OSError as exc:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise PluginError(f"--out {out_dir}: cannot write the report ({exc.strerror or exc}); nothing written") \
+            from None
+    written = [target for _, target in staged]
     return written

@@ -94,8 +94,23 @@ class ParquetScore(Score):
         return (f"clip_{self.arch}_similarity_score",)
 
     def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
-        values = np.asarray(columns[self.parquet_columns[0]], dtype=np.float32)
+        """The column as float32; null, NaN and ±inf become NaN ("not scorable", counted in the summary)."""
+        values = numeric_column(columns[self.parquet_columns[0]], shard.parquet, self.parquet_columns[0])
         return np.where(np.isfinite(values), values, np.nan).astype(np.float32)
+
+
+def numeric_column(values: np.ndarray, path: str, column: str) -> np.ndarray:
+    """A parquet column read with ``to_numpy`` that must hold numbers: strings, booleans, lists refused.
+
+    Nulls arrive as NaN (pyarrow widens a nullable integer column to float), which the caller treats as
+    not scorable; any other type is an error naming the file, the column and the first row.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "iuf":
+        return values
+    first = values[0] if len(values) else None
+    raise PluginError(f"{path}: column {column!r} holds {values.dtype} values (row 0: {first!r}); expected "
+                      "numbers (DataComp's CLIP similarity score)")
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from datacomp_plugins.errors import PluginError
 from datacomp_plugins.uids import UID_DTYPE, sort_order
 
 
 def check_fraction(value: float | None, flag: str) -> None:
-    """Fractions are shares of the pool in (0, 1]."""
-    if value is not None and not (0.0 < value <= 1.0):
-        raise PluginError(f"{flag} {value}: must be in (0, 1]")
+    """Fractions are shares of the pool in (0, 1] (the range lives in :mod:`datacomp_plugins.ranges`)."""
+    from datacomp_plugins.ranges import FRACTION
+
+    FRACTION.check(value, flag)
 
 
 def top_k_mask(scores: np.ndarray, uids: np.ndarray, k: int, eligible: np.ndarray | None = None) -> np.ndarray:

@@ -74,3 +74,26 @@ def threshold_streaming(shards: Source, threshold: float) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             kept.append(np.asarray(uids)[scores >= threshold])
     return np.concatenate(kept) if kept else np.zeros(0, dtype=UID_DTYPE)
+
+
+def kth_largest_streaming(shards: Source, k: int) -> float | None:
+    """The k-th best finite score over all shards (1-based), or None when fewer than k are finite.
+
+    Two passes: the histogram of order keys finds the bin, then that bin's scores are sorted. Scores of any
+    float dtype are compared as stored (the bins only need float32's order).
+    """
+    counts = np.zeros(1 << BITS, dtype=np.int64)
+    for _, scores in shards():
+        finite = scores[np.isfinite(scores)]
+        counts += np.bincount(order_key(finite) >> np.uint32(32 - BITS), minlength=1 << BITS)
+    if k <= 0 or k > int(counts.sum()):
+        return None
+    above = np.cumsum(counts[::-1])[::-1]
+    boundary = int(np.flatnonzero(above >= k)[-1])
+    need_in_bin = k - (int(above[boundary + 1]) if boundary + 1 < len(above) else 0)
+    in_bin = []
+    for _, scores in shards():
+        finite = scores[np.isfinite(scores)]
+        in_bin.append(finite[(order_key(finite) >> np.uint32(32 - BITS)) == boundary])
+    values = np.sort(np.concatenate(in_bin))[::-1]
+    return values[need_in_bin - 1]

@@ -140,18 +140,37 @@ def load_target(spec: str, arch: str, dim: int, key: str | None = None) -> np.nd
         if array.shape[1] != dim:
             raise PluginError(f"{path}: target dimension {array.shape[1]} does not match --arch {arch} ({dim})")
         if len(array) == 0:
-            continue
+            raise PluginError(f"{path}: no target rows (the array has 0 rows); expected at least one image "
+                              "embedding in every target file")
         bad = ~np.isfinite(array).all(axis=1)
         if bad.any():
             raise PluginError(f"{path}: row {int(np.flatnonzero(bad)[0])} is not finite "
                               f"({int(bad.sum())} such rows)")
-        norms = np.linalg.norm(array.astype(np.float64), axis=1)
-        if (norms == 0).any():
-            raise PluginError(f"{path}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
-        checked.append((array / norms[:, None]).astype(np.float32))
+        checked.append(unit_rows(array, path))
     if not checked:
         raise PluginError(f"--target {spec}: no target rows")
     return np.concatenate(checked)
+
+
+def unit_rows(array: np.ndarray, path: str) -> np.ndarray:
+    """Rows scaled to unit L2 norm as float32, whatever their magnitude.
+
+    A float64 row of 1e200 (whose squares overflow the norm) or of 1e-200 (whose squares underflow to a
+    zero norm) is first divided by its largest entry, so it gives the same direction as any other scale:
+    only directions matter to NormSim. Rows of ordinary magnitude take the plain division, bit for bit as
+    before. A row of zeros has no direction and is refused.
+    """
+    peak = np.abs(array).max(axis=1).astype(np.float64)
+    if (peak == 0).any():
+        zero = np.flatnonzero(peak == 0)
+        raise PluginError(f"{path}: row {int(zero[0])} is all zeros ({len(zero)} such rows); a target row "
+                          "must be an image embedding")
+    extreme = (peak > 1e150) | (peak < 1e-150)
+    if extreme.any():
+        array = np.asarray(array, dtype=np.float64).copy()
+        array[extreme] /= peak[extreme, None]
+    norms = np.linalg.norm(array.astype(np.float64), axis=1)
+    return (array / norms[:, None]).astype(np.float32)
 
 
 def fingerprint(target: np.ndarray) -> str:

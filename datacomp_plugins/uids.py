@@ -40,47 +40,64 @@ def _hex_tables() -> tuple[np.ndarray, np.ndarray]:
 HEX_PAIRS, PAIR_VALUES = _hex_tables()
 
 
-def _bad(values: pa.Array, mask: np.ndarray, source: str, why: str) -> PluginError:
-    row = int(np.flatnonzero(mask)[0])
-    return PluginError(f"{source}: malformed uid {values[row].as_py()!r} at row {row} ({why}); "
-                       f"expected up to {HEX_DIGITS} hex digits")
+_VALID = f"^[0-9A-Fa-f]{{{HEX_DIGITS}}}$"
 
 
-def parse_hex(values: pa.Array | pa.ChunkedArray | np.ndarray | list, source: str = "uids") -> np.ndarray:
+def _first_bad(values: pa.Array, source: str, column: str | None) -> PluginError:
+    """The error for the first row that is not a 32-digit hex string, saying what is wrong with it."""
+    valid = pc.fill_null(pc.match_substring_regex(values, _VALID), False).to_numpy(zero_copy_only=False)
+    row = int(np.flatnonzero(~valid)[0])
+    value = values[row].as_py()
+    if value is None:
+        shown, why = "a missing value (null)", "missing"
+    else:
+        shown = repr(value)
+        why = "not ASCII" if not value.isascii() else "wrong length" if len(value) != HEX_DIGITS else \
+            "not a hex digit"
+    where = f" of column {column!r}" if column else ""
+    return PluginError(f"{source}: malformed uid {shown} at row {row}{where} ({why}); expected a "
+                       f"{HEX_DIGITS}-character hex string (DataComp's uid)")
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_string_view(kind)
+
+
+def parse_hex(values: pa.Array | pa.ChunkedArray | np.ndarray | list, source: str = "uids",
+              column: str | None = None) -> np.ndarray:
     """Hex uid strings -> ``u8,u8`` array, same as ``divmod(int(uid, 16), 2**64)`` per element.
 
-    Short strings are uids whose leading zeros were dropped; they are left-padded. ``source`` names the
-    file (or column) in error messages.
+    Only what DataComp writes is accepted: 32 hex digits per uid (either case). An integer, float, binary,
+    list or struct column, a null, or a string of another length is refused with ``source`` (the file),
+    ``column`` and the first bad row: DataComp's own code reads ``uid[:16]`` and ``uid[16:32]``, so
+    anything else would silently name other samples.
     """
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if not isinstance(values, pa.Array):
-        values = pa.array(np.asarray(values, dtype=object) if not isinstance(values, list) else values,
-                          type=pa.large_string())
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         try:
-            values = values.cast(pa.large_string())
-        except pa.ArrowInvalid:
-            raise PluginError(f"{source}: uids must be hex strings, got {values.type}") from None
+            values = pa.array(np.asarray(values, dtype=object) if not isinstance(values, list) else values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+            raise PluginError(f"{source}: uids must be {HEX_DIGITS}-character hex strings ({exc})") from None
+    if pa.types.is_dictionary(values.type) and _is_text(values.type.value_type):
+        values = values.dictionary_decode()
+    if not (_is_text(values.type) or pa.types.is_null(values.type)):
+        first = values[0].as_py() if len(values) else None
+        where = f" column {column!r}" if column else ""
+        raise PluginError(f"{source}:{where} uids have type {values.type} (first row 0: {first!r}); expected "
+                          f"{HEX_DIGITS}-character hex strings (DataComp's uid)")
     values = values.cast(pa.large_string())
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=UID_DTYPE)
-    if values.null_count:
-        raise _bad(values, values.is_null().to_numpy(zero_copy_only=False), source, "missing")
-    nbytes = pc.binary_length(values).to_numpy()
-    if (nbytes == 0).any() or (nbytes > HEX_DIGITS).any():
-        raise _bad(values, (nbytes == 0) | (nbytes > HEX_DIGITS), source, "wrong length")
-    padded = values if (nbytes == HEX_DIGITS).all() else pc.utf8_lpad(values, width=HEX_DIGITS, padding="0")
-    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64)[padded.offset : padded.offset + n + 1]
-    raw = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    if raw.size != n * HEX_DIGITS:  # multi-byte characters: find the culprit for the message
-        raise _bad(values, pc.utf8_length(padded).to_numpy() != pc.binary_length(padded).to_numpy(),
-                   source, "not ASCII")
+    if values.null_count or (pc.binary_length(values).to_numpy() != HEX_DIGITS).any():
+        raise _first_bad(values, source, column)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + n + 1]
+    raw = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     pairs = PAIR_VALUES[raw.view("<u2").reshape(n, HEX_DIGITS // 2)]  # one lookup per byte of the uid
-    invalid = pairs > 255
-    if invalid.any():
-        raise _bad(values, invalid.any(axis=1), source, "not a hex digit")
+    if (pairs > 255).any():
+        raise _first_bad(values, source, column)
     halves = pairs.astype(np.uint8).view(">u8")
     out = np.empty(n, dtype=UID_DTYPE)
     out["f0"] = halves[:, 0]

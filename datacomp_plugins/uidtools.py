@@ -47,7 +47,7 @@ from datacomp_plugins.uids import (
 
 CHUNK_ROWS = 1 << 20  # uids per vectorised step in conversions: bounds temporaries to ~100 MB
 TEXT_BLOCK_BYTES = 64 << 20
-_VALID_HEX = f"^[0-9A-Fa-f]{{1,{HEX_DIGITS}}}$"
+_VALID_HEX = f"^[0-9A-Fa-f]{{{HEX_DIGITS}}}$"
 
 
 # --- reading and checking uid files -----------------------------------------------------------------------
@@ -341,7 +341,8 @@ def _parse_chunk(values: pa.Array | np.ndarray, where: Callable[[int], str], sou
         row = int(np.flatnonzero(~valid)[0])
         value = values[row].as_py()
         shown = "a missing value (null)" if value is None else repr(value)
-        raise PluginError(f"{where(row)}: malformed uid {shown}; expected 1 to {HEX_DIGITS} hex digits") from None
+        raise PluginError(f"{where(row)}: malformed uid {shown}; expected {HEX_DIGITS} hex digits "
+                          "(DataComp's uid)") from None
 
 
 def _text_chunks(path: str) -> Iterator[tuple[pa.Array, Callable[[int], str]]]:
@@ -376,7 +377,7 @@ def _text_chunks(path: str) -> Iterator[tuple[pa.Array, Callable[[int], str]]]:
                 start = ends[line - 1] + 1 if line else 0
                 text = block[start : ends[line]].decode("utf-8", errors="replace").strip()
                 raise PluginError(f"{path} line {first_line + line}: malformed uid {text!r}; "
-                                  f"expected 1 to {HEX_DIGITS} hex digits")
+                                  f"expected {HEX_DIGITS} hex digits (DataComp's uid)")
             offsets = np.zeros(len(ends) + 1, dtype=np.int64)
             offsets[1:] = ends + 1
             lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(block))

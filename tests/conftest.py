@@ -105,3 +105,22 @@ def fake_assets(tmp_path, monkeypatch, corrupt: frozenset[str] = frozenset()):
     monkeypatch.setattr(targets, "IN1K_BASE_URL", served.as_uri() + "/")
     monkeypatch.setenv(targets.DATACOMP_CACHE_ENV, str(tmp_path / "datacomp-cache"))
     return served
+
+
+def expect_exit_2(capsys, argv: Sequence[str], output, *fragments: str) -> str:
+    """Run the command line in-process: exit status 2, every fragment in the one-line message, no
+    traceback, and nothing at ``output`` (None: no output to check). Returns stderr."""
+    from datacomp_plugins.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    if output is not None:
+        assert not os.path.exists(output), f"{output} was left behind"
+    return err

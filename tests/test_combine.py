@@ -30,6 +30,12 @@ def top(indices, score, hexes, k):
     return sorted(indices, key=lambda i: (-score[i], int(hexes[i], 16)))[:k]
 
 
+def datacomp_top(indices, score, k):
+    """DataComp's CLIPScore rule: the (k+1)-th best score is the cut-off; every score >= it is kept."""
+    cutoff = sorted((score[i] for i in indices), reverse=True)[k]
+    return [i for i in indices if score[i] >= cutoff]
+
+
 def run(tmp_path, *extra):
     out = tmp_path / "out.npy"
     code = main(["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"),
@@ -50,7 +56,7 @@ def test_given_uids_intersection_and_fraction_of_restricted_pool(tmp_path, cache
     assert code == 0
     text = capsys.readouterr().out
     restricted = sorted(a & b)
-    want = top(restricted, clip, hexes, math.floor(len(restricted) * 0.5))
+    want = datacomp_top(restricted, clip, math.floor(len(restricted) * 0.5))
     assert np.load(out).tolist() == sorted(as_uid(hexes[i]) for i in want)
     assert f"a.npy: 75 uids, {75 - 70} not in the pool" in text
     assert "b.npy: 80 uids, 0 not in the pool" in text  # counted against the pool, not against a.npy
@@ -71,7 +77,7 @@ def test_external_scores_then_quality(tmp_path, cache_dir):
     ext = np.full(100, np.nan)
     ext[scored] = hype
     first = top([i for i in range(100) if not np.isnan(ext[i])], ext, hexes, 40)
-    want = top(first, clip, hexes, math.floor(40 * 0.5))
+    want = datacomp_top(first, clip, math.floor(40 * 0.5))
     assert np.load(out).tolist() == sorted(as_uid(hexes[i]) for i in want)
 
 

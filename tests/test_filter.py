@@ -33,8 +33,10 @@ def test_clip_score_fraction_is_exact_and_sorted(tmp_path, cache_dir):
     uids = [u for s in written.values() for u in s["uids"]]
     scores = np.concatenate([(s["l14_img"].astype(np.float32) * s["l14_txt"].astype(np.float32)).sum(1)
                              for s in written.values()])
-    order = sorted(range(len(uids)), key=lambda i: (-scores[i], int(uids[i], 16)))
-    want = hex_to_uid_list([uids[i] for i in order[: math.floor(100 * 0.25)]])
+    # DataComp's CLIPScore rule: the cut-off is the (floor(N*F)+1)-th best score, and every score >= it is kept
+    cutoff = sorted(scores, reverse=True)[math.floor(100 * 0.25)]
+    want = hex_to_uid_list([u for u, v in zip(uids, scores, strict=True) if v >= cutoff])
+    assert len(want) == math.floor(100 * 0.25) + 1  # no ties among random scores
     saved = np.load(out)
     assert saved.dtype == UID_DTYPE
     assert saved.tolist() == want

@@ -31,12 +31,13 @@ def test_parse_matches_divmod(values):
     assert [h.decode() for h in to_hex(parse_hex(hexes))] == hexes
 
 
-def test_leading_zeros_uppercase_and_short_strings():
-    hexes = ["0000000000000000000000000000000f", "00ABCDEF0123456789abcdef01234567", "1", "ff" * 16]
+def test_leading_zeros_and_uppercase():
+    hexes = ["0000000000000000000000000000000f", "00ABCDEF0123456789abcdef01234567", "ff" * 16]
     assert (parse_hex(hexes) == reference(hexes)).all()
 
 
-@pytest.mark.parametrize("bad,why", [("xyz", "not a hex digit"), ("f" * 33, "wrong length"),
+@pytest.mark.parametrize("bad,why", [("x" * 32, "not a hex digit"), ("xyz", "wrong length"), ("1", "wrong length"),
+                                     ("f" * 33, "wrong length"),
                                      ("", "wrong length"), ("é" * 4, "not ASCII")])
 def test_malformed_uid_names_source_and_row(bad, why):
     with pytest.raises(PluginError, match=rf"shard\.parquet: malformed uid .* at row 1 \({why}\)"):

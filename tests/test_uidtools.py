@@ -150,7 +150,7 @@ def test_from_hex_text_matches_divmod(tmp_path, capsys):
     values = tricky_values(rng, 200)
     lines = []
     for i, v in enumerate(values + values[:7]):
-        text = f"{v:032x}" if i % 3 else f"{v:x}"  # leading zeros dropped on every third line
+        text = f"{v:032x}" if i % 3 else f"\t{v:032x}  "  # whitespace around every third line
         lines.append(text.upper() if i % 5 == 0 else text)
         if i % 17 == 0:
             lines.append("   " if i % 2 else "")  # blank lines are skipped
@@ -169,7 +169,7 @@ def test_from_hex_text_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(uidtools, "TEXT_BLOCK_BYTES", 50)
     values = tricky_values(random.Random(12), 40)
     source = tmp_path / "uids.txt"
-    source.write_text("\n\n".join(f"{v:x}" for v in values))
+    source.write_text("\n\n".join(f"{v:032x}" for v in values))
     out = tmp_path / "out.npy"
     assert main(["uids", "from-hex", str(source), "-o", str(out)]) == 0
     assert load(out) == sorted(set(values))
@@ -321,10 +321,10 @@ def test_malformed_hex_line_is_named(tmp_path, capsys, monkeypatch, bad, block_b
 @pytest.mark.parametrize("bad,shown,width", [("xyz", "'xyz'", 1), (None, "missing value (null)", 1),
                                              ("0" * 31 + "g", "'" + "0" * 31 + "g'", 32)])
 def test_malformed_parquet_row_is_named(tmp_path, capsys, monkeypatch, bad, shown, width):
-    """Row numbers count across read batches; width 32 takes the fixed-width fast path."""
+    """Row numbers count across read batches; a bad value of width 32 takes the fixed-width fast path."""
     monkeypatch.setattr(uidtools, "CHUNK_ROWS", 4)
     source = tmp_path / "uids.parquet"
-    pq.write_table(pa.table({"uid": [f"{v:0{width}x}" for v in range(9)] + [bad, "1" * width]}), source)
+    pq.write_table(pa.table({"uid": [f"{v:032x}" for v in range(9)] + [bad, "1" * 32]}), source)
     expect_refusal(capsys, ["uids", "from-hex", str(source), "-o", str(tmp_path / "out.npy")],
                    f"{source} column 'uid' row 9: malformed uid", shown)
 

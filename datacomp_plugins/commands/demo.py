@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="build the example pool and compare the baselines on it",
+        "demo", formatter_class=DefaultsHelpFormatter, help="build the example pool and compare the baselines on it",
         description="Write the example pool under OUT (unless present), run each baseline at the same "
                     "fraction, and print how many samples of each planted kind it kept.")
     parser.add_argument("out", help="folder for the example pool and the uid files")

@@ -5,19 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
-    return value
+from datacomp_plugins.commands import DefaultsHelpFormatter
 
 
 def _cpus() -> int:
@@ -29,7 +17,7 @@ def _cpus() -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``embed`` parser."""
     parser = subparsers.add_parser(
-        "embed",
+        "embed", formatter_class=DefaultsHelpFormatter,
         help="embed target images (folder or webdataset tars) with an open_clip model, for NormSim",
         description=(
             "Compute L2-normalised image embeddings of a target set with any open_clip model and write them "
@@ -48,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="image folder (recursive), tar shard(s) or a brace pattern such as "
                              "'train/{000..009}.tar'; several may be given; local paths or fsspec URLs")
     parser.add_argument("--out", required=True, help="output .npy path (written atomically)")
-    parser.add_argument("--batch_size", type=_positive_int, default=256)
-    parser.add_argument("--num_workers", type=_non_negative_int, default=min(8, _cpus()),
+    parser.add_argument("--batch_size", type=int, default=256, help="images encoded at once")
+    parser.add_argument("--num_workers", type=int, default=min(8, _cpus()),
                         help="image decoding processes (0: decode in the main process); does not change "
                              "the output order")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from datacomp_plugins.filtering import BASELINES, ENGINES, PRECISIONS, QUALITY_SCORES, FilterConfig
+from datacomp_plugins.commands import DefaultsHelpFormatter
+from datacomp_plugins.filtering import BASELINES, ENGINES, MISSING_SCORE, PRECISIONS, QUALITY_SCORES, FilterConfig
 from datacomp_plugins.pool import ARCH_DIMS
 from datacomp_plugins.scoring import CACHE_ENV
 
@@ -43,7 +44,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--normsim_d_iters", type=int, default=500,
                        help="normsim_d: iterations (capped so each drops at least one sample; paper: 500)")
     group.add_argument("--cache_dir", default=None,
-                       help=f"score cache (default: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores)")
+                       help=f"score cache; unset: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores")
     group.add_argument("--given_uids", default=None,
                        help="restrict the pool to these uid files first (A.npy::B.npy = their intersection), "
                             "e.g. DFN's datacomp_medium_dfn_20m_inds.npy; fractions are then of the restricted pool")
@@ -52,20 +53,26 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--external_column", default=None, help="score column of --external_scores")
     group.add_argument("--external_fraction", type=float, default=None,
                        help="keep the top share of the (restricted) pool by --external_column first")
+    group.add_argument("--missing_score", choices=MISSING_SCORE, default="drop",
+                       help="pool samples --external_scores has no score for: drop them (counted in the "
+                            "summary) or stop with an error naming the first one")
+    group.add_argument("--allow_empty", action="store_true",
+                       help="write an empty uid file when nothing passes, instead of stopping with an error")
     group.add_argument("--streaming", action="store_true",
                        help="select in passes over the cached scores, holding only the kept uids (for pools "
                             "whose ~22 bytes/sample of scores do not fit in memory; quality stage alone)")
     group.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray')")
     group.add_argument("--ray_address", default=None,
-                       help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+                       help="Ray cluster to join; unset: $RAY_ADDRESS, else start a local one")
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "filter", help="select a subset of a DataComp pool and write its uid file",
-        description="Score a DataComp metadata pool and write the uid file that resharder.py reads.")
+        description="Score a DataComp metadata pool and write the uid file that resharder.py reads.",
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--name", required=True, choices=sorted(BASELINES), help="baseline to run")
     parser.add_argument("--metadata_dir", required=True,
                         help="directory (local path or fsspec URL) of <stem>.parquet + <stem>.npz files")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
 from datacomp_plugins.patch import DATACOMP_COMMIT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "patch-datacomp", help="patch a DataComp checkout so its baselines.py runs our baselines",
+        "patch-datacomp", formatter_class=DefaultsHelpFormatter,
+        help="patch a DataComp checkout so its baselines.py runs our baselines",
         description=f"Apply the shipped patch (for DataComp {DATACOMP_COMMIT}) to PATH/baselines.py. Running it "
                     "again is a no-op; a checkout the patch does not fit is refused untouched. Exit status: 0 "
                     "applied, already applied, or (--check) would apply; 2 refused.")

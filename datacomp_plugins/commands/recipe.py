@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "recipe", help="run a named recipe (a paper table row) from baselines/",
+        "recipe", formatter_class=DefaultsHelpFormatter, help="run a named recipe (a paper table row) from baselines/",
         description="Run one recipe of baselines/ (or a .toml path). --list shows them with the paper's "
                     "numbers.")
     parser.add_argument("recipe", nargs="?", help="recipe name or path to a .toml")
@@ -24,15 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(flag, type=kind, default=None, help="as for `filter`")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
-
-
-def _typed(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
+        key = key.strip()
+        if not sep or not key:
             raise PluginError(f"--set {item}: expected KEY=VALUE")
-        values[key] = value
-        if key not in recipe.placeholders():
-            overrides[key] = _typed(value)
+        if key in recipe.placeholders():
+            values[key] = value
+        else:
+            overrides[key] = recipes.parse_setting(key, value)  # typed by the filter settings' schema
     for key in ("num_workers", "num_gpus", "batch_size", "cache_dir", "engine", "ray_address"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)

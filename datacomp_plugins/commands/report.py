@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` subcommand."""
     parser = subparsers.add_parser(
-        "report",
+        "report", formatter_class=DefaultsHelpFormatter,
         help="compare eval_results.jsonl of DataComp runs (ImageNet, dist. shifts, VTAB, retrieval, avg-38)",
         description=(
             "Read eval_results.jsonl (written by DataComp's evaluate.py) of each run and print one row per "

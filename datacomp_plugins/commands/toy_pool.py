@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "toy-pool", help="write a small example pool (DataComp layout) with labelled planted structure",
+        "toy-pool", formatter_class=DefaultsHelpFormatter,
+        help="write a small example pool (DataComp layout) with labelled planted structure",
         description="Write OUT/metadata/<stem>.parquet + .npz in DataComp's layout and OUT/labels.parquet "
                     "saying which samples are clean, mismatched or generic captions.")
     parser.add_argument("out", help="output folder (created)")
@@ -20,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.ranges import SEED, TOY_ROWS, TOY_SHARDS
     from datacomp_plugins.toy import write_toy_pool
 
+    TOY_SHARDS.check(args.shards, "--shards")
+    TOY_ROWS.check(args.rows, "--rows")
+    SEED.check(args.seed, "--seed")
     summary = write_toy_pool(args.out, shards=args.shards, rows=args.rows, seed=args.seed, overwrite=args.overwrite)
     print(summary)
     return 0

@@ -7,12 +7,15 @@ import sys
 import textwrap
 import time
 
+from datacomp_plugins.commands import RawDefaultsHelpFormatter
+
 POLICY = """\
 bad input policy:
   - a uid file whose array is not 1-D u8,u8 is refused (names the file, its dtype, the expected one)
   - an unsorted or duplicated uid file is accepted: sorted and deduplicated, with a warning on stderr
     naming the file; outputs are always sorted and unique
-  - a malformed hex uid (from-hex) is refused with its file and line (text, 1-based) or row (parquet, 0-based)
+  - a malformed hex uid (from-hex) is refused with its file and line (text, 1-based) or row (parquet, 0-based):
+    each uid is exactly 32 hex digits (DataComp's uid), with only whitespace around it
   - a parquet file without the uid column is refused, listing its columns
   - a missing input file is refused, naming it
   refusals print 'error: ...', exit with code 2 and leave no output file; outputs are written to a
@@ -28,14 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="inspect, intersect/union/subtract and convert DataComp uid files",
         description=textwrap.fill(f"Work with uid lists as DataComp's resharder reads them. {UID_FILE}.", 100),
         epilog=POLICY,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDefaultsHelpFormatter,
     )
     actions = parser.add_subparsers(dest="uids_command", metavar="ACTION")
     actions.required = True
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         return actions.add_parser(name, help=help_text, description=textwrap.fill(description, 100), epilog=POLICY,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=RawDefaultsHelpFormatter)
 
     info = add("info", "count, order check, first/last uid, overlap with a pool",
                "Report a uid file: count, dtype, whether it is sorted and unique (counting uids out of order "
@@ -60,11 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from_hex = add("from-hex", "hex uids (text or parquet) -> uid file",
                    "Convert hex uids to a uid file. INPUT is a parquet file (detected by its PAR1 magic "
                    "bytes; --column names the uid column) or a text file with one hex uid per line (blank "
-                   "lines and surrounding whitespace ignored, upper or lower case, leading zeros optional). "
+                   "lines and whitespace around a uid ignored; every uid exactly 32 hex digits, upper or lower case). "
                    "The output is sorted and unique.")
     from_hex.add_argument("input", metavar="INPUT", help="text file or parquet file")
     from_hex.add_argument("-o", "--output", required=True, metavar="OUT", help="uid file to write (.npy)")
-    from_hex.add_argument("--column", default="uid", help="parquet column holding the hex uids (default: uid)")
+    from_hex.add_argument("--column", default="uid", help="parquet column holding the hex uids")
     from_hex.set_defaults(handler=run_from_hex)
 
     to_hex = add("to-hex", "uid file -> text, one hex uid per line",
