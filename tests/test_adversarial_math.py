@@ -69,6 +69,8 @@ def shard_scores(arrays: dict, stem: str, seed: int, batch: int, rounds: int, ta
     finite = np.isfinite(img).all(1) & np.isfinite(txt).all(1)
     out = np.full(len(img), np.nan)
     rows = np.flatnonzero(finite)
+    if len(rows) == 0:
+        return out
     out[rows] = brute_negcliploss(img[rows], txt[rows], derive(seed, stem, len(rows), batch, rounds), tau, batch)
     return out
 
@@ -403,7 +405,7 @@ def test_external_fraction_is_a_share_of_the_given_uids(tmp_path, cache_dir, cap
     assert "hype top 0.25: 6" in capsys.readouterr().out
 
 
-def two_stage(tmp_path) -> tuple[list[str], np.ndarray, np.ndarray]:
+def two_stage(tmp_path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     written = make_pool(str(tmp_path / "pool"), [20, 20])
     hexes = [h for s in written.values() for h in s["uids"]]
     img = np.concatenate([s["l14_img"] for s in written.values()]).astype(np.float64)
@@ -483,3 +485,81 @@ def test_flag_boundaries_are_refused_before_any_work(tmp_path, cache_dir, capsys
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not out.exists() and not os.path.exists(cache_dir)
+
+
+# --- shards at the edges of negCLIPLoss -------------------------------------------------------------------
+
+
+class _Stem:
+    """What a Score reads of a shard when computing: its name (the seed stream)."""
+
+    def __init__(self, stem: str) -> None:
+        self.stem = stem
+
+
+def score_arrays(img: np.ndarray, txt: np.ndarray, stem: str, **params) -> np.ndarray:
+    from datacomp_plugins.scoring import NegCLIPLossScore
+
+    score = NegCLIPLossScore(**params)
+    return score.compute(_Stem(stem), {}, {"l14_img": img, "l14_txt": txt}).astype(np.float64)
+
+
+def test_rows_longer_than_one_use_their_real_norms_for_the_bound():
+    """|f| = 3 (e.g. unnormalised embeddings): logits reach 300 at τ = 0.01, beyond a unit-norm bound."""
+    rng = np.random.default_rng(12)
+    img = (unit_rows(rng, 40, 768) * 3.0).astype(np.float16)
+    txt = unit_rows(rng, 40, 768)
+    txt[:5] = img[:5].astype(np.float32) / 3.0  # some pairs at the top logit
+    txt = txt.astype(np.float16)
+    got = score_arrays(img, txt, "s", batch_size=16, num_batches=2, temperature=0.01, seed=1)
+    want = shard_scores({"l14_img": img, "l14_txt": txt}, "s", 1, 16, 2, 0.01)
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("finite_rows", [0, 1, 2])
+def test_shards_with_at_most_two_scorable_rows(finite_rows):
+    rng = np.random.default_rng(13)
+    img = unit_rows(rng, 4, 768).astype(np.float16)
+    txt = unit_rows(rng, 4, 768).astype(np.float16)
+    img[finite_rows:, 0] = np.nan
+    got = score_arrays(img, txt, "t", batch_size=1, num_batches=3, temperature=0.07, seed=0)
+    want = shard_scores({"l14_img": img, "l14_txt": txt}, "t", 0, 1, 3, 0.07)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[finite_rows:]).all()
+    if finite_rows:
+        # B = 1: every batch is one sample, R(i) = f_i·g_i, so the score is 0 up to rounding.
+        assert np.abs(got[:finite_rows]).max() < 1e-5 and np.abs(got - want)[:finite_rows].max() < 1e-5
+
+
+def test_score_defaults_are_the_command_line_defaults():
+    """Library defaults of the Score objects equal the flags' defaults: same cache keys either way."""
+    from datacomp_plugins.filtering import FilterConfig, quality_score
+    from datacomp_plugins.scoring import NegCLIPLossScore, ParquetScore
+
+    config = FilterConfig("negcliploss", "pool", "out.npy")
+    assert quality_score(config, "negcliploss") == NegCLIPLossScore()
+    assert quality_score(config, "clip_score") == ParquetScore()
+    assert (NegCLIPLossScore().num_batches, NegCLIPLossScore().batch_size, NegCLIPLossScore().temperature,
+            NegCLIPLossScore().seed) == (10, 32768, 0.01, 0)  # DESIGN.md section 3: K = 10, B = 32768, τ = 0.01
+
+
+def test_threshold_keeps_a_score_equal_to_it_and_never_nan():
+    from datacomp_plugins.select import threshold_mask, top_k_mask
+
+    scores = np.array([0.5, np.nan, 0.25, 0.5, -np.inf, 0.75], dtype=np.float32)
+    assert threshold_mask(scores, 0.5).tolist() == [True, False, False, True, False, True]
+    assert threshold_mask(scores, 0.75, np.array([1, 1, 1, 1, 1, 0], bool)).tolist() == [False] * 6
+    uids = np.array([(0, i) for i in (5, 4, 3, 2, 1, 0)], dtype=UID_DTYPE)
+    # k = 2 of the finite scores: 0.75, then the tie at 0.5 goes to the smaller uid (row 3)
+    assert top_k_mask(scores, uids, 2).tolist() == [False, False, False, True, False, True]
+    assert top_k_mask(scores, uids, 0).tolist() == [False] * 6
+    assert top_k_mask(scores, uids, 99).tolist() == [True, False, True, True, False, True]
+
+
+@pytest.mark.parametrize("start,target,iterations,want", [
+    (5, 5, 3, []), (5, 6, 3, []), (5, 2, 1, [3]), (5, 2, 3, [1, 1, 1]), (7, 2, 2, [3, 2]), (4, 1, 9, [1, 1, 1])])
+def test_drop_schedule_edges(start, target, iterations, want):
+    from datacomp_plugins.dynamic import drop_schedule
+
+    assert drop_schedule(start, target, iterations) == want

@@ -236,3 +236,42 @@ def test_pool_with_a_repeated_uid_selects_it_once(tmp_path, cache_dir, capsys):
                  "--save_path", str(out), "--fraction", "1"]) == 0
     assert ints(np.load(out)) == [A]
     assert "1 duplicate uids counted once" in capsys.readouterr().out
+
+
+# --- one-element and empty inputs -------------------------------------------------------------------------
+
+
+def test_lookups_with_one_uid_and_with_none():
+    one, empty = arr([A]), arr([])
+    assert select.isin(one, one).tolist() == [True]
+    assert select.isin(one, arr([B])).tolist() == [False]
+    assert select.isin(one, empty).tolist() == [False] and select.isin(empty, one).tolist() == []
+    assert select.index_in(one, one).tolist() == [0]
+    assert select.index_in(one, arr([B, A])).tolist() == [1]
+    assert select.index_in(arr([A, B]), empty).tolist() == [-1, -1]
+    assert select.index_in(empty, one).tolist() == []
+
+
+def test_first_occurrence_with_several_repeated_uids():
+    uids = arr([A, B, A, B, C, A])
+    assert select.first_occurrence(uids).tolist() == [True, True, False, False, True, False]
+    assert select.first_occurrence(arr([B, A, A, B])).tolist() == [True, True, False, False]
+    assert select.first_occurrence(arr([A])).tolist() == [True]
+
+
+def test_empty_uid_arrays_are_written_as_empty_files(tmp_path):
+    assert len(sort_uids(arr([]))) == 0 and len(sorted_unique(arr([]))) == 0
+    assert save_uid_file(str(tmp_path / "e.npy"), arr([])) == 0
+    assert np.load(tmp_path / "e.npy").dtype == UID_DTYPE and len(np.load(tmp_path / "e.npy")) == 0
+    assert is_sorted_unique(arr([])) and is_sorted_unique(arr([A]))
+
+
+def test_uid_arrays_with_other_field_names_are_read_as_uids(tmp_path):
+    other = np.array([(5, 9), (5, 9), (1, 2)], dtype=[("hi", "<u8"), ("lo", "<u8")])
+    assert save_uid_file(str(tmp_path / "o.npy"), other) == 2
+    assert ints(np.load(tmp_path / "o.npy")) == [1 * LOW + 2, A]
+    np.save(tmp_path / "o2.npy", other)
+    with pytest.warns(UserWarning, match="1 duplicates dropped"):
+        assert ints(load_uid_file(str(tmp_path / "o2.npy"))) == [1 * LOW + 2, A]
+    with pytest.raises(PluginError, match="expected a 1-D uid array"):
+        save_uid_file(str(tmp_path / "b.npy"), other.astype([("hi", ">u8"), ("lo", ">u8")]))
