@@ -563,3 +563,4 @@ def test_drop_schedule_edges(start, target, iterations, want):
     from datacomp_plugins.dynamic import drop_schedule
 
     assert drop_schedule(start, target, iterations) == want
+

@@ -233,6 +233,11 @@ def sample(mutants: list[Mutant], limit: int | None) -> list[Mutant]:
     return [mutants[int(i * step)] for i in range(limit)]
 
 
+def tests_of(module: str) -> list[str]:
+    """The module's mapped test files that exist in this checkout."""
+    return [t for t in TESTS[module] if os.path.exists(os.path.join(ROOT, t))]
+
+
 def make_copy(folder: str) -> str:
     """A private copy of the package and its tests; mutants are written only here."""
     work = os.path.join(folder, "tree")
@@ -270,7 +275,7 @@ def check_copy_is_used(work: str) -> None:
 def run_module(module: str, limit: int | None, jobs: int, timeout_factor: float) -> tuple[list[Outcome], float]:
     source, mutants = list_mutants(module)
     chosen = sample(mutants, limit)
-    tests = [t for t in TESTS[module] if os.path.exists(os.path.join(ROOT, t))]
+    tests = tests_of(module)
     with tempfile.TemporaryDirectory(prefix="mutate-") as scratch:
         copies = [make_copy(os.path.join(scratch, str(j))) for j in range(jobs)]
         check_copy_is_used(copies[0])
@@ -329,7 +334,7 @@ def main() -> None:
     totals = [0, 0]
     for module in args.modules:
         total = len(list_mutants(module)[1])
-        print(f"{module}: {min(total, args.max_mutants or total)} of {total} mutants, tests {TESTS[module]}")
+        print(f"{module}: {min(total, args.max_mutants or total)} of {total} mutants, tests {tests_of(module)}")
         started = time.perf_counter()
         outcomes, baseline = run_module(module, args.max_mutants or None, args.jobs, args.timeout_factor)
         killed = sum(o.status != "survived" for o in outcomes)
