@@ -275,3 +275,13 @@ def test_uid_arrays_with_other_field_names_are_read_as_uids(tmp_path):
         assert ints(load_uid_file(str(tmp_path / "o2.npy"))) == [1 * LOW + 2, A]
     with pytest.raises(PluginError, match="expected a 1-D uid array"):
         save_uid_file(str(tmp_path / "b.npy"), other.astype([("hi", ">u8"), ("lo", ">u8")]))
+
+
+def test_pool_overlap_of_an_array_with_repeats_counts_distinct_uids(tmp_path):
+    from datacomp_plugins.pool import Pool
+
+    written = make_pool(str(tmp_path / "pool"), [5])
+    hexes = written["00000000"]["uids"]
+    values = sorted([int(hexes[0], 16)] * 3 + [int(hexes[2], 16)] + [A] * 2)
+    overlap = uidtools.pool_overlap(arr(values), Pool(str(tmp_path / "pool")))
+    assert (overlap.pool_rows, overlap.pool_rows_in_file, overlap.file_uids_in_pool) == (5, 2, 2)
