@@ -285,3 +285,14 @@ def test_pool_overlap_of_an_array_with_repeats_counts_distinct_uids(tmp_path):
     values = sorted([int(hexes[0], 16)] * 3 + [int(hexes[2], 16)] + [A] * 2)
     overlap = uidtools.pool_overlap(arr(values), Pool(str(tmp_path / "pool")))
     assert (overlap.pool_rows, overlap.pool_rows_in_file, overlap.file_uids_in_pool) == (5, 2, 2)
+
+
+def test_no_hex_uids_at_all(tmp_path, capsys):
+    from datacomp_plugins.uids import parse_hex
+
+    for empty in ([], np.array([], dtype=object)):
+        parsed = parse_hex(empty)
+        assert parsed.dtype == UID_DTYPE and len(parsed) == 0
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert main(["uids", "from-hex", str(tmp_path / "blank.txt"), "-o", str(tmp_path / "e.npy")]) == 0
+    assert len(np.load(tmp_path / "e.npy")) == 0 and "0 uids" in capsys.readouterr().out
