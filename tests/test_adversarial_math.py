@@ -511,10 +511,11 @@ def test_rows_longer_than_one_use_their_real_norms_for_the_bound():
     txt = unit_rows(rng, 40, 768)
     txt[:5] = img[:5].astype(np.float32) / 3.0  # some pairs at the top logit
     txt = txt.astype(np.float16)
+    txt[7, 0] = np.nan  # and one row left out, so the scored rows are a subset
     got = score_arrays(img, txt, "s", batch_size=16, num_batches=2, temperature=0.01, seed=1)
     want = shard_scores({"l14_img": img, "l14_txt": txt}, "s", 1, 16, 2, 0.01)
-    assert np.isfinite(got).all()
-    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+    assert np.isnan(got[7]) and np.isfinite(np.delete(got, 7)).all()
+    assert np.nanmax(np.abs(got - want)) < 1e-4 * np.nanmax(np.abs(want))
 
 
 @pytest.mark.parametrize("finite_rows", [0, 1, 2])
@@ -564,3 +565,41 @@ def test_drop_schedule_edges(start, target, iterations, want):
 
     assert drop_schedule(start, target, iterations) == want
 
+
+
+def test_stale_checksum_and_block_size_against_the_cache(tmp_path, cache_dir, capsys):
+    """A score file changed in place (same length, old CRC) is recomputed; --batch_size alone reuses the cache."""
+    pool = str(tmp_path / "pool")
+    adversarial_pool(pool)
+    flags = [*negcliploss_flags(pool), "--fraction", "0.5"]
+    assert main([*flags, "--save_path", str(tmp_path / "a.npy")]) == 0
+    capsys.readouterr()
+    assert main([*flags, "--batch_size", "256", "--save_path", str(tmp_path / "b.npy")]) == 0
+    assert "(0 scored, 3 from cache)" in capsys.readouterr().out
+    from datacomp_plugins.filtering import FilterConfig, quality_score
+    from datacomp_plugins.pool import Pool
+    from datacomp_plugins.scoring import ScoreCache
+
+    pool_obj = Pool(pool)
+    cache = ScoreCache(cache_dir, pool_obj)
+    config = FilterConfig("negcliploss", pool, "x", negcliploss_batch_size=NEG["batch"],
+                          num_batches=NEG["rounds"], temperature=NEG["tau"], seed=NEG["seed"])
+    path = cache.score_path(pool_obj.shards[1], quality_score(config, "negcliploss"))
+    values = np.load(path)
+    values[np.isfinite(values)] = 100.0
+    np.save(path, values)  # the CRC file still describes the old values
+    assert main([*flags, "--save_path", str(tmp_path / "c.npy")]) == 0
+    assert "(1 scored, 2 from cache)" in capsys.readouterr().out
+    assert np.load(tmp_path / "c.npy").tolist() == np.load(tmp_path / "a.npy").tolist()
+    assert np.load(tmp_path / "b.npy").tolist() == np.load(tmp_path / "a.npy").tolist()
+
+
+def test_a_pickled_target_matrix_is_never_loaded(tmp_path):
+    from datacomp_plugins.scoring import NormSimScore, _matrix
+
+    np.save(tmp_path / "target.npy", np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+    score = NormSimScore(p="inf", target="x", target_path=str(tmp_path / "target.npy"), gram_path="")
+    image = unit_rows(np.random.default_rng(15), 3, 768)
+    _matrix.cache_clear()
+    with pytest.raises(ValueError, match="allow_pickle"):
+        score.compute(None, {}, {"l14_img": image})
