@@ -603,3 +603,32 @@ def test_a_pickled_target_matrix_is_never_loaded(tmp_path):
     _matrix.cache_clear()
     with pytest.raises(ValueError, match="allow_pickle"):
         score.compute(None, {}, {"l14_img": image})
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_a_row_that_overflows_while_no_column_does(monkeypatch, transpose):
+    """Row 0's logits are all 87: each term fits float32, their sum of 10 does not; every column sum fits.
+    One non-finite side is enough to redo the batch with the shift (and the transpose: a column alone)."""
+    rng = np.random.default_rng(16)
+    u = unit_rows(rng, 1, 768)[0]
+    n, tau = 10, 0.01
+
+    def orthogonal(rows: int) -> np.ndarray:
+        v = unit_rows(rng, rows, 768)
+        v -= (v @ u)[:, None] * u
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    img = orthogonal(n)
+    img[0] = u
+    txt = 0.87 * u + math.sqrt(1 - 0.87**2) * orthogonal(n)
+    img, txt = img.astype(np.float32), txt.astype(np.float32)
+    if transpose:
+        img, txt = txt, img
+    row, col = brute_r(img, txt, tau)
+    side = col if transpose else row
+    assert side[0] > math.log(np.finfo(np.float32).max) and (np.delete(side, 0) < 80).all()
+    assert ((row if transpose else col) < 88).all()
+    calls = Calls(monkeypatch)
+    got = one_batch_terms(img, txt, tau)
+    assert np.isfinite(got).all() and np.abs(got - tau / 2 * (row + col)).max() < 1e-5
+    assert calls.exp_sums == 2
