@@ -204,8 +204,10 @@ def load_uid_file(path: str, fix: bool = True) -> np.ndarray:
     if not is_sorted_unique(array):
         if not fix:
             raise PluginError(f"{path}: uids are not sorted ascending and unique, as the resharder needs")
-        warnings.warn(f"{path}: uids were not sorted and unique; sorted and deduplicated them", stacklevel=2)
-        array = sorted_unique(np.asarray(array))
+        fixed = sorted_unique(np.asarray(array))
+        warnings.warn(f"{path}: uids were not sorted and unique; sorted and deduplicated them "
+                      f"({len(array):,} uids, {len(array) - len(fixed):,} duplicates dropped)", stacklevel=2)
+        array = fixed
     return array
 
 
