@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from datacomp_plugins import provenance
 from datacomp_plugins.engine import Job, run_local
 from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import check_writable
@@ -360,8 +361,10 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
         kept = top_k_streaming(shards, math.floor(rows * config.fraction))
     else:
         kept = threshold_streaming(shards, config.threshold)
-    summary.kept = summary.after_quality = save_uid_file(config.save_path, kept)
     summary.notes.append("streaming selection (duplicate uids merged in the output only)")
+    summary.kept = summary.after_quality = provenance.save_with_sidecar(
+        config.save_path, lambda: save_uid_file(config.save_path, kept),
+        provenance.filter_record(config, pool, cache, summary, []))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -393,6 +396,7 @@ def run_filter(config: FilterConfig) -> Summary:
     keep = _quality_stage(config, columns[0] if use_quality else None, uids, eligible, summary.pool_samples,
                           summary)
     summary.after_quality = int(keep.sum())
+    quality_keep = keep
     if config.relevance is not None:
         want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
         if config.relevance == "d":
@@ -401,6 +405,9 @@ def run_filter(config: FilterConfig) -> Summary:
             keep = top_k_mask(columns[-1], uids, want, keep)
         else:
             keep = threshold_mask(columns[-1], config.normsim_threshold, keep)
-    summary.kept = save_uid_file(config.save_path, uids[keep])
+    summary.kept = int(keep.sum())
     summary.seconds = time.perf_counter() - started
+    stages = provenance.filter_stages(config, columns, use_quality, eligible, quality_keep, keep)
+    provenance.save_with_sidecar(config.save_path, lambda: save_uid_file(config.save_path, uids[keep]),
+                                 provenance.filter_record(config, pool, cache, summary, stages))
     return summary
