@@ -73,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     to_hex.add_argument("-o", "--output", required=True, metavar="OUT.txt", help="text file to write")
     to_hex.set_defaults(handler=run_to_hex)
 
+    from datacomp_plugins.commands.uids_compare import register_compare
+
+    register_compare(add)
+
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
