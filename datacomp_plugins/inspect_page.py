@@ -156,7 +156,7 @@ class PageBuilder:
         from datacomp_plugins.uids import to_hex
 
         uid = to_hex(self.uids[row : row + 1])[0].decode()
-        scores = " · ".join(f"{name} {self.columns[name][row]:.4f}" for name in self.columns)
+        scores = " · ".join(f"{name} {self.columns[name][row]:.4g}" for name in self.columns)
         badges = "".join(f'<span class="badge {"in" if f.kept[row] else "out"}">{"kept" if f.kept[row] else "dropped"}'
                          f' by {html.escape(_short(f.path))}</span>' for f in files)
         if thumb:
