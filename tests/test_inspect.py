@@ -352,3 +352,56 @@ def test_inspect_bad_input_is_refused(world, capsys, tmp_path):
         code, _, err = run_cli(["inspect", *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
         assert not out.exists()
+
+
+# --- a real browser ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chromium():
+    from browser import find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium found (install Debian's 'chromium' package, or set $CHROMIUM to a Chrome binary)")
+    return binary
+
+
+def test_browser_harness_sees_broken_images_and_console_messages(chromium, tmp_path):
+    """The checks below can fail: a page with an undecodable image and a console message is caught."""
+    from browser import dump_dom
+
+    from datacomp_plugins.inspect_page import SCRIPT
+
+    bad = tmp_path / "bad.html"
+    bad.write_text(f'<!DOCTYPE html><html><head>{SCRIPT}</head><body><img data-uid="x" '
+                   'src="data:image/jpeg;base64,AAAA"><pre id="selfcheck"></pre>'
+                   '<script>console.error("boom")</script></body></html>')
+    dom, console = dump_dom(chromium, bad)
+    from browser import self_check
+
+    check = self_check(dom)
+    assert check["images"] == 1 and check["undecoded"] == ["x"]
+    assert any('"boom"' in line for line in console)
+
+
+def test_page_in_headless_chromium(world, page, chromium, tmp_path):
+    from browser import dump_dom, screenshot, self_check
+    from PIL import Image
+
+    _, root, _ = world
+    dom, console = dump_dom(chromium, page)
+    check = self_check(dom)
+    shown = cards(page.read_text())
+    assert check["images"] == sum(c["image"] is not None for c in shown) > 0
+    assert check["undecoded"] == [] and check["errors"] == []
+    assert console == []  # no console message at all (errors, CSP violations, warnings)
+    counts = page_counts(dom)  # as the browser rendered them
+    a, b = hexes(root / "clip_score.npy"), hexes(root / "negcliploss.npy")
+    assert counts[str(root / "clip_score.npy")] == len(a) and counts[str(root / "negcliploss.npy")] == len(b)
+    assert (counts["both"], counts["a_only"], counts["b_only"]) == (len(a & b), len(a - b), len(b - a))
+
+    shot = np.asarray(Image.open(screenshot(chromium, page, tmp_path / "page.png")).convert("RGB"), dtype=np.int16)
+    assert shot.shape[0] >= 1000 and shot.shape[1] >= 1000
+    not_white = (shot < 235).any(axis=2).mean()
+    colours = len(np.unique(shot.reshape(-1, 3) // 8, axis=0))
+    assert not_white > 0.05 and colours > 50, (not_white, colours)  # text, charts and thumbnails, not a blank page
