@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 # Core: a CPU build of torch first (it satisfies torch>=2.1, so no multi-GB CUDA download), then the package.
 $(VENV)/.core: pyproject.toml
@@ -17,13 +17,20 @@ $(VENV)/.core: pyproject.toml
 
 # Tests need every extra the test suite exercises (open_clip for `embed`, matplotlib for `report`, Ray).
 $(VENV)/.test: $(VENV)/.core pyproject.toml
-	$(PIP) -e ".[test,embed,report,ray]"
+	$(PIP) -e ".[test,embed,report,ray,inspect]"
 	touch $@
 
 demo: $(VENV)/.core
 	$(PY) -m datacomp_plugins demo demo_out
 
-test: $(VENV)/.test
+# The inspect page is tested in headless Chromium: install Debian's package where we may (root or sudo -n).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null; } || \
+	  sudo -n apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  echo "no Chromium could be installed: the browser test will be skipped"
+
+test: $(VENV)/.test browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

@@ -188,7 +188,10 @@ class PageBuilder:
         """Base64 JPEG thumbnails of the shown rows that have an image in the tars."""
         if self.images is None or len(rows) == 0:
             return {}
-        from PIL import Image, UnidentifiedImageError
+        try:
+            from PIL import Image, UnidentifiedImageError
+        except ImportError:
+            raise PluginError("--shards: thumbnails need Pillow (pip install 'datacomp-plugins[inspect]')") from None
 
         from datacomp_plugins.uids import to_hex
 
