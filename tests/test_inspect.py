@@ -80,6 +80,36 @@ def test_scores_table_matches_brute_force(world, capsys, tmp_path):
     assert f"{len(pool.uids):,} rows x 2 scores" in stdout
 
 
+def test_scores_with_a_target_match_brute_force_normsim(world, capsys, tmp_path):
+    pool, _, cache = world
+    rng = np.random.default_rng(5)
+    target = rng.standard_normal((6, 768))
+    np.save(tmp_path / "target.npy", target.astype(np.float32))
+    out = tmp_path / "normsim.parquet"
+    code, _, err = run_cli(["scores", "--metadata_dir", pool.metadata, "--out", out, "--cache_dir", cache,
+                            "--target", tmp_path / "target.npy", "--scores", "normsim2,normsiminf", "--no_progress"],
+                           capsys)
+    assert code == 0, err
+    table = pq.read_table(out)
+    h = target.astype(np.float32).astype(np.float64)
+    h /= np.linalg.norm(h, axis=1, keepdims=True)
+    f = np.concatenate([np.load(os.path.join(pool.metadata, n))["l14_img"] for n in sorted(os.listdir(pool.metadata))
+                        if n.endswith(".npz")]).astype(np.float64)
+    sims = f @ h.T
+    np.testing.assert_allclose(table.column("normsim2").to_numpy(), np.sqrt((sims**2).sum(1)), atol=1e-4)
+    np.testing.assert_allclose(table.column("normsiminf").to_numpy(), sims.max(1), atol=1e-4)
+
+
+def test_streaming_filter_writes_a_sidecar(world, tmp_path):
+    pool, _, cache = world
+    out = tmp_path / "s.npy"
+    assert main(["filter", "--name", "clip_score", "--metadata_dir", pool.metadata, "--fraction", "0.4",
+                 "--save_path", str(out), "--cache_dir", cache, "--streaming", "--no_progress"]) == 0
+    sidecar = json.loads((tmp_path / "s.npy.json").read_text())
+    assert sidecar["uid_count"] == sidecar["counts"]["kept"] == len(load_uid_file(str(out))) == int(0.4 * 73)
+    assert sidecar["parameters"]["streaming"] is True
+
+
 def test_scores_refuses_unknown_score_and_normsim_without_target(world, capsys, tmp_path):
     pool, _, cache = world
     for flags, needle in ((["--scores", "clip_score,bogus"], "unknown score(s) ['bogus']"),
