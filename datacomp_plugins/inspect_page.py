@@ -267,7 +267,7 @@ def build_page(uid_paths: Sequence[str], scores, out: str, shards: str | None = 
     started = time.perf_counter()
     if not 1 <= len(uid_paths) <= 2:
         raise PluginError(f"inspect: expected one or two uid files, got {len(uid_paths)}")
-    if group * (6 * len(uid_paths) + 2 * (len(uid_paths) == 2)) > MAX_IMAGES:
+    if group * (6 * len(uid_paths) + 4 * (len(uid_paths) == 2)) > MAX_IMAGES:  # 6 grids a file, 2 double ones
         raise PluginError(f"--per_group {group}: the page would show more than {MAX_IMAGES} samples")
     images = ShardImages(shards) if shards is not None else None
     arrays = [load_uid_file(p) for p in uid_paths]
