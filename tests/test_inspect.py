@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ import pytest
 from imagepool import make_image_pool, reshard
 
 from datacomp_plugins.cli import main
+from datacomp_plugins.errors import PluginError
 from datacomp_plugins.uids import load_uid_file, parse_hex, save_uid_file, to_hex
 
 TAU = 0.01
@@ -435,3 +437,32 @@ def test_page_in_headless_chromium(world, page, chromium, tmp_path):
     not_white = (shot < 235).any(axis=2).mean()
     colours = len(np.unique(shot.reshape(-1, 3) // 8, axis=0))
     assert not_white > 0.05 and colours > 50, (not_white, colours)  # text, charts and thumbnails, not a blank page
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_header_reader_agrees_with_tarfile(tmp_path, fmt):
+    from datacomp_plugins.shard_images import tar_members
+
+    rng = np.random.default_rng(fmt)
+    path = tmp_path / "x.tar"
+    names = ["a.jpg", "dir/b.json", "p" * 60 + "/" + "q" * 80 + ".txt", "é-unicode.jpg", "empty.txt"]
+    if fmt != tarfile.USTAR_FORMAT:
+        names.append("long/" + "n" * 150 + ".jpg")  # GNU long name / pax path record
+    with tarfile.open(path, "w", format=fmt) as archive:
+        for name in names:
+            data = rng.bytes(int(rng.integers(0, 3000)) if name != "empty.txt" else 0)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("a-folder")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+    with tarfile.open(path) as archive:
+        expected = [(m.name, m.offset_data, m.size) for m in archive if m.isfile()]
+    with open(path, "rb") as handle:
+        assert list(tar_members(handle, str(path))) == expected
+    raw = bytearray(path.read_bytes())
+    raw[130] ^= 1  # a flipped bit in the first size field
+    (tmp_path / "bad.tar").write_bytes(bytes(raw))
+    with open(tmp_path / "bad.tar", "rb") as handle, pytest.raises(PluginError, match="bad.tar: corrupt tar header"):
+        list(tar_members(handle, str(tmp_path / "bad.tar")))
