@@ -39,7 +39,7 @@ $(VENV)/.system: | $(VENV)/.core
 # Tests need every extra the test suite exercises: open_clip (embed, mini DataComp), matplotlib (report), Ray,
 # and what DataComp's own scripts import. open_clip's torchvision brings its own torch build.
 $(VENV)/.test: $(VENV)/.core $(VENV)/.system pyproject.toml
-	$(PIP) -e ".[test,embed,report,ray,minicomp]"
+	$(PIP) -e ".[test,embed,report,ray,minicomp,inspect]"
 	$(PIP) -e ".[datacomp]" || echo "note: DataComp's baselines.py dependencies did not install; those tests will skip"
 	touch $@
 

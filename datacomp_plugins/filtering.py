@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from datacomp_plugins import ranges
+from datacomp_plugins import provenance, ranges
 from datacomp_plugins.engine import Job, run_local
 from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import check_folder_writable, check_writable
@@ -522,8 +522,10 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
         note = note.replace("; cut-off: none (nothing kept)", "; cut-off: the fraction's boundary score")
     summary.notes.append(note)
     refuse_empty(config, len(kept), summary)
-    summary.kept = summary.after_quality = save_uid_file(config.save_path, kept)
     summary.notes.append("streaming selection (duplicate uids merged in the output only)")
+    summary.kept = summary.after_quality = provenance.save_with_sidecar(
+        config.save_path, lambda: save_uid_file(config.save_path, kept),
+        provenance.filter_record(config, pool, cache, summary, []))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -595,6 +597,7 @@ def _run_filter(config: FilterConfig) -> Summary:
     keep = _quality_stage(config, columns[0] if use_quality else None, uids, eligible, summary.pool_samples,
                           summary)
     summary.after_quality = int(keep.sum())
+    quality_keep = keep
     if config.relevance is not None:
         want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
         survivors = keep
@@ -609,8 +612,11 @@ def _run_filter(config: FilterConfig) -> Summary:
             summary.notes.append(describe_stage(f"normsim{config.relevance}", columns[-1], survivors, keep,
                                                 config.normsim_threshold))
     refuse_empty(config, int(keep.sum()), summary)
-    summary.kept = save_uid_file(config.save_path, uids[keep])
+    summary.kept = int(keep.sum())
     summary.seconds = time.perf_counter() - started
+    stages = provenance.filter_stages(config, columns, use_quality, eligible, quality_keep, keep)
+    provenance.save_with_sidecar(config.save_path, lambda: save_uid_file(config.save_path, uids[keep]),
+                                 provenance.filter_record(config, pool, cache, summary, stages))
     return summary
 
 

@@ -239,6 +239,14 @@ def test_negcliploss_matches_our_command_byte_for_byte(checkouts, tmp_path):
     assert main(["filter", "--name", "negcliploss", "--save_path", str(ours),
                  "--cache_dir", str(tmp_path / "cache_b"), *shared]) == 0
     assert theirs.read_bytes() == ours.read_bytes()
+    # the provenance sidecar is written on this path too, and says it came through baselines.py
+    import hashlib
+    import json
+
+    sidecar = json.loads((tmp_path / "baselines.npy.json").read_text())
+    assert sidecar["operation"] == "filter" and sidecar["command_line"][0].endswith("baselines.py")
+    assert sidecar["uid_sha256"] == hashlib.sha256(theirs.read_bytes()).hexdigest()
+    assert sidecar["parameters"]["batch_size"] == 1024 and sidecar["stages"][0]["score"] == "negcliploss"
 
 
 def test_defaults_match_our_command_without_gpus(checkouts, tmp_path):

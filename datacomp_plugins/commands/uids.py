@@ -76,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     to_hex.add_argument("-o", "--output", required=True, metavar="OUT.txt", help="text file to write")
     to_hex.set_defaults(handler=run_to_hex)
 
+    from datacomp_plugins.commands.uids_compare import register_compare
+
+    register_compare(add)
+
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
@@ -89,7 +93,7 @@ def _hex(uids, row: int) -> str:
 
 def run_info(args: argparse.Namespace) -> int:
     """Report on the file as stored; the pool overlap uses its sorted unique uids."""
-    from datacomp_plugins import uidtools
+    from datacomp_plugins import provenance, uidtools
     from datacomp_plugins.pool import Pool
     from datacomp_plugins.uids import read_uid_file, sorted_unique
 
@@ -114,14 +118,16 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"file uids in pool: {overlap.file_uids_in_pool:,} of {len(distinct):,} "
               f"({len(distinct) - overlap.file_uids_in_pool:,} not in the pool)")
         print(f"pool rows in file: {overlap.pool_rows_in_file:,} of {overlap.pool_rows:,}")
+    sidecar = provenance.read_sidecar(args.file)
+    print("\n".join(provenance.describe(sidecar, args.file)) if sidecar else "provenance: none (no sidecar)")
     print(f"seconds: {time.perf_counter() - started:.2f}")
     return 0
 
 
 def run_set_operation(args: argparse.Namespace) -> int:
     """Load every input (fixing order with a warning) before computing, then write atomically."""
-    from datacomp_plugins import uidtools
-    from datacomp_plugins.fileio import atomic_save_npy, check_writable
+    from datacomp_plugins import provenance, uidtools
+    from datacomp_plugins.fileio import check_writable
     from datacomp_plugins.uids import read_uid_file
 
     started = time.perf_counter()
@@ -135,7 +141,8 @@ def run_set_operation(args: argparse.Namespace) -> int:
         result = uidtools.union(inputs)
     else:
         result = uidtools.difference(inputs[0], inputs[1:])
-    atomic_save_npy(args.output, result)
+    provenance.save_uid_array(args.output, result, f"uids {args.operation}", paths, [len(u) for u in inputs],
+                              time.perf_counter() - started)
     counts = ", ".join(f"{path} {len(uids):,}" for path, uids in zip(paths, inputs, strict=True))
     print(f"{args.operation}: {len(result):,} uids -> {args.output} (inputs: {counts}) "
           f"in {time.perf_counter() - started:.2f} s")
@@ -144,15 +151,16 @@ def run_set_operation(args: argparse.Namespace) -> int:
 
 def run_from_hex(args: argparse.Namespace) -> int:
     """Parse everything before writing, so a malformed uid leaves no output."""
-    from datacomp_plugins import uidtools
-    from datacomp_plugins.fileio import atomic_save_npy, check_writable
+    from datacomp_plugins import provenance, uidtools
+    from datacomp_plugins.fileio import check_writable
     from datacomp_plugins.uids import sorted_unique
 
     started = time.perf_counter()
     check_writable(args.output, "-o")
     parsed = uidtools.read_hex_file(args.input, column=args.column)
     result = sorted_unique(parsed)
-    atomic_save_npy(args.output, result)
+    provenance.save_uid_array(args.output, result, "uids from-hex", [args.input], [len(parsed)],
+                              time.perf_counter() - started)
     print(f"from-hex: {len(parsed):,} hex uids from {args.input} -> {len(result):,} uids -> {args.output} "
           f"({len(parsed) - len(result):,} duplicates dropped) in {time.perf_counter() - started:.2f} s")
     return 0

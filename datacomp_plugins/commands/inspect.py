@@ -1,0 +1,51 @@
+"""``datacomp-plugins inspect``: one self-contained HTML page of what one or two uid files kept and dropped."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from datacomp_plugins.commands.scores import add_score_arguments
+
+    parser = subparsers.add_parser(
+        "inspect", help="an HTML page of the samples a filter kept and dropped (histograms, thumbnails)",
+        description="Write one self-contained HTML page (thumbnails embedded, no network): per uid file a "
+                    "histogram of each score with the cut-off marked and samples just above and below it, at "
+                    "both extremes and at random; for two files the samples only one keeps; with --truth the "
+                    "share of each component kept. Without --shards the page shows scores only.")
+    parser.add_argument("files", nargs="+", metavar="A.npy", help="one or two uid files")
+    parser.add_argument("--metadata_dir", required=True, metavar="POOL", help="DataComp metadata folder")
+    parser.add_argument("--shards", default=None, metavar="SHARDS",
+                        help="folder of the pool's webdataset tars (img2dataset's or the resharder's layout)")
+    parser.add_argument("--truth", default=None, metavar="DIR",
+                        help="folder of <stem>.parquet with columns uid (hex) and component (string)")
+    parser.add_argument("--out", required=True, help="HTML file to write")
+    parser.add_argument("--per_group", type=int, default=12, help="samples per grid (default 12)")
+    parser.add_argument("--page_seed", type=int, default=0, help="seed of the random samples on the page")
+    add_score_arguments(parser, "scores to show (default: clip_score,negcliploss, plus NormSims with --target)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.commands.scores import settings_from_args
+    from datacomp_plugins.errors import PluginError
+    from datacomp_plugins.fileio import check_writable
+    from datacomp_plugins.inspect_page import build_page
+    from datacomp_plugins.pool_scores import PoolScores
+
+    if not 1 <= len(args.files) <= 2:
+        raise PluginError(f"inspect: expected one or two uid files, got {len(args.files)}")
+    if args.per_group < 1:
+        raise PluginError(f"--per_group {args.per_group}: must be at least 1")
+    settings = settings_from_args(args, args.metadata_dir)
+    check_writable(args.out, "--out")
+    summary = build_page(args.files, PoolScores(settings), args.out, shards=args.shards, truth=args.truth,
+                         seed=args.page_seed, group=args.per_group, progress=settings.progress)
+    for note in summary.notes:
+        print(f"note: {note}")
+    files = "; ".join(f"{f['path']}: {f['count']:,} uids, cut-off by {f['primary']} "
+                      f"{'-' if f['cutoff'] is None else format(f['cutoff'], '.6g')}" for f in summary.files)
+    print(f"inspect: {summary.pool_samples:,} pool samples; {files}; {summary.shown} samples shown, "
+          f"{summary.images} thumbnails, {summary.bytes / 1e6:.2f} MB -> {args.out} in {summary.seconds:.1f} s")
+    return 0

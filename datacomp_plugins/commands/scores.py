@@ -1,0 +1,69 @@
+"""``datacomp-plugins scores``: every pool sample's scores as a parquet table (uid + one column per score)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from datacomp_plugins.pool import ARCH_DIMS
+
+
+def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> None:
+    """Flags that define the scores (same names and defaults as ``filter``, so the cache is shared)."""
+    parser.add_argument("--arch", choices=sorted(ARCH_DIMS), default="l14", help="which CLIP embeddings to use")
+    parser.add_argument("--scores", default=None, help=scores_help)
+    parser.add_argument("--target", default=None,
+                        help="normsim2/normsiminf: 'in1k' or a .npy/.npz/.pt file or folder of target embeddings")
+    parser.add_argument("--target_key", default=None, help="array name inside a .npz target")
+    parser.add_argument("--num_batches", type=int, default=10, help="negCLIPLoss: K random batches")
+    parser.add_argument("--negcliploss_batch_size", type=int, default=32768, help="negCLIPLoss: batch size B")
+    parser.add_argument("--temperature", type=float, default=0.01, help="negCLIPLoss: teacher temperature")
+    parser.add_argument("--seed", type=int, default=0, help="negCLIPLoss: seed of the random batches")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="dtype of the matrix products")
+    parser.add_argument("--num_workers", type=int, default=1, help="worker processes scoring shards")
+    parser.add_argument("--num_gpus", type=int, default=0, help="GPUs to score on (0 = CPU)")
+    parser.add_argument("--batch_size", type=int, default=0, help="logit rows held at once (0: automatic)")
+    parser.add_argument("--cache_dir", default=None, help="score cache (default as for filter)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace, metadata_dir: str):
+    """ScoreSettings from parsed flags (``--scores`` checked here, before any work)."""
+    from datacomp_plugins.pool_scores import ScoreSettings, parse_score_names
+
+    return ScoreSettings(
+        metadata_dir=metadata_dir, arch=args.arch, scores=parse_score_names(args.scores, args.target),
+        target=args.target, target_key=args.target_key, num_batches=args.num_batches,
+        negcliploss_batch_size=args.negcliploss_batch_size, temperature=args.temperature, seed=args.seed,
+        precision=args.precision, num_workers=args.num_workers, num_gpus=args.num_gpus,
+        batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scores", help="write every pool sample's scores (uid + one column per score) to parquet",
+        description="One row per pool row: the hex uid as in DataComp's metadata and one float32 column per "
+                    "score, read from the score cache (computed there first when missing), shard by shard.")
+    parser.add_argument("--metadata_dir", required=True, metavar="POOL",
+                        help="DataComp metadata folder (<stem>.parquet + <stem>.npz), path or fsspec URL")
+    parser.add_argument("--out", required=True, help="parquet file to write (path or fsspec URL)")
+    add_score_arguments(parser, "comma-separated from clip_score, negcliploss, normsim2, normsiminf "
+                                "(default: clip_score,negcliploss, plus both NormSims with --target)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.fileio import check_writable
+    from datacomp_plugins.pool_scores import PoolScores, write_parquet
+
+    started = time.perf_counter()
+    settings = settings_from_args(args, args.metadata_dir)
+    check_writable(args.out, "--out")
+    scores = PoolScores(settings)
+    rows = write_parquet(scores, args.out, settings.progress)
+    print(f"scores: {rows:,} rows x {len(scores.names)} scores ({', '.join(scores.names)}) from "
+          f"{len(scores.pool.shards)} shards ({scores.shards_scored} scored, "
+          f"{len(scores.pool.shards) - scores.shards_scored} from cache) -> {args.out} in "
+          f"{time.perf_counter() - started:.1f} s")
+    return 0
