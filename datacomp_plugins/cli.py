@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "datacomp_plugins.commands.embed",
     "datacomp_plugins.commands.uids",
     "datacomp_plugins.commands.patch_datacomp",
+    "datacomp_plugins.commands.minicomp",
 )
 
 
