@@ -76,8 +76,8 @@ def build_handmade_world(out: str, rows: int = 800, seed: int = 0) -> str:
         for i in range(96):
             _add(tar, f"s{i:04d}.jpg", _jpeg(i % 8, rng))
             _add(tar, f"s{i:04d}.cls", str(i % 8).encode())
-    manifest = {"targets": [{"file": "targets/target_l14.npy", "arch": "l14", "task": "colours"},
-                            {"file": "targets/target_b32.npy", "arch": "b32", "task": "colours"}]}
+    manifest = {"targets": [{"file": "targets/target_l14.npy", "arch": "l14", "task": "all"},
+                            {"file": "targets/target_b32.npy", "arch": "b32", "task": "all"}]}
     with open(os.path.join(out, "MANIFEST.json"), "w") as handle:
         json.dump(manifest, handle)
     return out

@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--quick: 1)")
     parser.add_argument("--baselines", default=None,
                         help=f"comma-separated, from {', '.join(DEFAULT_BASELINES)} (default: all; --quick: "
-                             f"{', '.join(QUICK_BASELINES)})")
+                             f"{', '.join(QUICK_BASELINES)}; '' with --subset: the subsets alone)")
     parser.add_argument("--subset", action="append", default=[], metavar="NAME=uids.npy",
                         help="also train and evaluate on this uid file (repeatable)")
     parser.add_argument("--samples_seen", type=int, default=None,
@@ -102,7 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     else:
         baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
         unknown = [b for b in baselines if b not in RECIPES]
-        if unknown or not baselines:
+        if unknown:
             raise PluginError(f"--baselines {args.baselines}: unknown {unknown}; choose from {', '.join(RECIPES)}")
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if seeds < 1:
@@ -122,6 +122,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             raise PluginError(f"--subset {item}: the name {name} is already taken; choose another NAME")
         subsets[name] = Path(path)
         _check_subset_file(item, Path(path))
+    if not baselines and not subsets:
+        raise PluginError("--baselines is empty and no --subset given: nothing to run")
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
     return RunSettings(out, runs_dir, baselines, list(range(seeds)), scale_name, samples, subsets,
                        not args.no_progress)
@@ -153,40 +155,30 @@ def pool_uids(out: Path) -> np.ndarray:
 
 
 def nested_target(out: Path, runs_dir: Path) -> Path:
-    """The NormSim target: the L/14 embeddings of every task's train split listed in MANIFEST.json's targets.
+    """The NormSim target: the L/14 teacher's embeddings of every task's train split (the paper's "Target").
 
-    The ImageNet-like task's target alone (the analogue of ``--target in1k``) is left out: the paper's
-    "Target" is the union over the downstream tasks.
+    ``MANIFEST.json``'s ``targets`` lists ``{"file", "arch", "task", ...}``; the entry of task ``all`` is that
+    union. Without one, the per-task l14 files are concatenated into ``<runs>/target_l14.npy``.
     """
     manifest_path = out / "MANIFEST.json"
     try:
         entries = json.loads(manifest_path.read_text())["targets"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PluginError(f"{manifest_path}: cannot read its \"targets\" list ({exc})") from None
-    if isinstance(entries, dict):
-        entries = [{"name": k, **v} if isinstance(v, dict) else {"name": k, "file": v} for k, v in entries.items()]
-    chosen = []
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("arch") != "l14":
-            continue
-        if entry.get("alone") or entry.get("kind") in ("in1k_like", "imagenet_like", "alone"):
-            continue
-        file = entry.get("file") or entry.get("path") or entry.get("name")
-        path = out / file if not str(file).startswith("targets/") else out / file
+    l14 = [e for e in entries if isinstance(e, dict) and e.get("arch") == "l14" and e.get("file")]
+    union = [e for e in l14 if e.get("task") == "all"]
+    chosen = [out / e["file"] for e in (union[:1] or l14)]
+    for path in chosen:
         if not path.is_file():
-            path = out / "targets" / Path(str(file)).name
-        if not path.is_file():
-            raise PluginError(f"{manifest_path}: target {file} listed but not found under {out}")
-        chosen.append(path)
+            raise PluginError(f"{manifest_path}: target {path} is listed but missing")
     if not chosen:
-        raise PluginError(f"{manifest_path}: no l14 target of the tasks' train splits under \"targets\"")
+        raise PluginError(f"{manifest_path}: no l14 entry under \"targets\" (the NormSim baselines need one)")
     if len(chosen) == 1:
         return chosen[0]
-    arrays = [np.load(p, allow_pickle=False) for p in sorted(chosen)]
-    path = runs_dir / "target_l14.npy"
     from datacomp_plugins.fileio import atomic_save_npy
 
-    atomic_save_npy(str(path), np.concatenate([a.astype(np.float32) for a in arrays]))
+    path = runs_dir / "target_l14.npy"
+    atomic_save_npy(str(path), np.concatenate([np.load(p, allow_pickle=False).astype(np.float32) for p in chosen]))
     return path
 
 
@@ -332,7 +324,9 @@ def run_all(settings: RunSettings) -> list[str]:
             run_pair(settings, datacomp, baseline, seed, folder / "shards", uids_sha)
             bar.update(1)
     bar.close()
-    written = runreport.write_report(settings.out, settings.runs_dir, names, settings.seeds)
+    # the world's report for its default runs folder; a report of another runs folder stays in that folder
+    report_dir = settings.out if settings.runs_dir.resolve() == (settings.out / "runs").resolve() else settings.runs_dir
+    written = runreport.write_report(settings.out, settings.runs_dir, names, settings.seeds, report_dir)
     lines.append(f"{len(pairs)} students ({len(names)} subsets x {len(settings.seeds)} seeds); report: "
                  + ", ".join(written))
     return lines

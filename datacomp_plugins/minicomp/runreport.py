@@ -194,10 +194,12 @@ def render_png(figure: dict) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> list[str]:
-    """Write ``OUT/report.md`` and ``OUT/report.png``; returns their paths."""
+def write_report(out: Path, runs_dir: Path, names: list[str], seeds: list[int],
+                 report_dir: Path | None = None) -> list[str]:
+    """Write ``report.md`` and ``report.png`` (in OUT unless ``report_dir``); returns their paths."""
     text, figure = render(out, runs_dir, names, seeds)
-    md, png = out / "report.md", out / "report.png"
+    folder = out if report_dir is None else report_dir
+    md, png = folder / "report.md", folder / "report.png"
     text = text.replace("## Results", "![results](report.png)\n\n## Results", 1)
     with atomic_open(str(png), "wb") as handle:
         handle.write(render_png(figure))
