@@ -42,6 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--workers", type=_positive_int, default=None, help="rendering processes (default: CPUs)")
     build.add_argument("--no_progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=run_build)
+    from datacomp_plugins.minicomp import run as minicomp_run
+
+    run = sub.add_parser(
+        "run", help="train and evaluate a student per filtered subset of OUT; write OUT/report.md",
+        description="For each baseline: the package's filter -> DataComp's resharder.py -> a student CLIP by "
+                    "open_clip_train with DataComp train.py's arguments -> DataComp's wds_eval -> "
+                    "OUT/runs/<baseline>/seed<k>/eval_results.jsonl; then OUT/report.md and report.png with the "
+                    "pre-registered claims (docs/MINICOMP.md). Finished pairs are skipped; a killed run resumes. "
+                    "Needs DATACOMP_DIR.")
+    minicomp_run.add_arguments(run)
+    run.set_defaults(handler=minicomp_run.run_command)
 
 
 def run_build(args: argparse.Namespace) -> int:
