@@ -105,3 +105,13 @@ def fake_assets(tmp_path, monkeypatch, corrupt: frozenset[str] = frozenset()):
     monkeypatch.setattr(targets, "IN1K_BASE_URL", served.as_uri() + "/")
     monkeypatch.setenv(targets.DATACOMP_CACHE_ENV, str(tmp_path / "datacomp-cache"))
     return served
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """``minicomp build OUT --quick --seed 0``, once per test session; returns OUT (treat it as read-only)."""
+    from datacomp_plugins.cli import main
+
+    out = tmp_path_factory.mktemp("minicomp") / "quick"
+    assert main(["minicomp", "build", str(out), "--quick", "--seed", "0", "--no_progress"]) == 0
+    return out

@@ -253,8 +253,8 @@ class Builder:
         total = sum(j["end"] - j["start"] for j in jobs)
         bar = tqdm(total=total, unit="img", desc="render", disable=not self.progress, file=sys.stderr)
         if self.workers > 1 and len(jobs) > 1:
-            # fork: the world is inherited, and no torch work has run in this process yet
-            ctx = multiprocessing.get_context("fork")
+            # forkserver: safe even when this process has already run torch (OpenMP does not survive fork)
+            ctx = multiprocessing.get_context("forkserver")
             with ctx.Pool(self.workers) as pool:
                 for _, n in pool.imap_unordered(_run_job, jobs):
                     bar.update(n)
@@ -387,15 +387,15 @@ class Builder:
     def manifest(self, tasks: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         from datacomp_plugins.minicomp import teacher
 
-        files = {}
-        for root, dirs, names in os.walk(self.out):
-            logs = root == self.path("teacher")
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (logs and d == "logs"))
-            for name in sorted(names):
-                if name.startswith(".") or name == "MANIFEST.json":
-                    continue
-                full = os.path.join(root, name)
-                files[os.path.relpath(full, self.out)] = sha256_file(full)
+        files = {"world.toml": sha256_file(self.path("world.toml"))}
+        for top in ("shards", "metadata", "truth", "evalsets", "targets", "teacher"):  # not runs/ of later runs
+            for root, dirs, names in os.walk(self.path(top)):
+                logs = root == self.path("teacher")
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (logs and d == "logs"))
+                for name in sorted(names):
+                    if not name.startswith("."):
+                        full = os.path.join(root, name)
+                        files[os.path.relpath(full, self.out)] = sha256_file(full)
         manifest = {
             "world": {"source": self.world.source, "quick": self.world.quick, "seed": self.world.seed,
                       "fingerprint": self.world.fingerprint()},
@@ -421,15 +421,24 @@ class Builder:
         self.render()
         self.times["render"] = time.monotonic() - t0
         self.teachers()
+        import torch
+
         from datacomp_plugins.minicomp import teacher
 
-        t0 = time.monotonic()
-        models = {arch: teacher.Teacher(self.out, arch) for arch in teacher.ARCHES}
-        self.metadata(models)
-        self.times["embed_pool"] = time.monotonic() - t0
-        t0 = time.monotonic()
-        tasks = self.tasks(models)
-        self.times["tasks"] = time.monotonic() - t0
+        # One thread: the embeddings then do not depend on the core count, and on a shared 2-core machine
+        # two spinning OpenMP threads ran a forward pass ~10x slower than one (measured under load).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t0 = time.monotonic()
+            models = {arch: teacher.Teacher(self.out, arch) for arch in teacher.ARCHES}
+            self.metadata(models)
+            self.times["embed_pool"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            tasks = self.tasks(models)
+            self.times["tasks"] = time.monotonic() - t0
+        finally:
+            torch.set_num_threads(threads)
         stats = self.component_stats()
         self.times["total"] = time.monotonic() - start
         manifest = self.manifest(tasks, {"counts": {"pool": stats["pool"], "teacher_corpus": stats["teacher_corpus"]},

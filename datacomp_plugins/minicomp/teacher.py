@@ -59,7 +59,7 @@ def train(out: str, world: World, arch: str, corpus_shards: Sequence[str], corpu
                                name=name, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                                warmup=cfg["warmup"], seed=world.seed, workers=1, precision="fp32",
                                resampled=False, wd=0.1)
-    openclip.run_training(argv, [config], seed=world.seed, log_file=os.path.join(logs, f"{name}.log"))
+    openclip.run_training(argv, [config], seed=world.seed, log_file=os.path.join(logs, f"{name}.log"), threads=1)
     ckpt = os.path.join(logs, name, "checkpoints", f"epoch_{cfg['epochs']}.pt")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
