@@ -183,6 +183,9 @@ def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout
     """Run open_clip_train in a child process (same Python); its output goes to ``log_path``."""
     command = [sys.executable, "-m", "datacomp_plugins.minicomp.student", str(config_path), str(seed), *argv]
     env = dict(os.environ)
+    # one torch thread beside the one dataloader worker: on 2 cores (and more so on a shared machine) two
+    # threads measured 3-8x slower than one; a fixed count also keeps float sums in the same order
+    env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                          *filter(None, [env.get("PYTHONPATH")])])
     with open(log_path, "ab") as log:
