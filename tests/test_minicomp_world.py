@@ -284,6 +284,23 @@ def test_missing_world_and_bad_toml(tmp_path, capsys):
     assert "not valid TOML" in capsys.readouterr().err
 
 
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("x")
+    assert main(["minicomp", "build", str(out), "--quick"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert out.read_text() == "x"
+
+
+def test_component_counts_are_exact_for_awkward_shares():
+    from datacomp_plugins.minicomp.world import component_counts
+
+    # 7 samples, shares 1/3 1/3 1/3: floors 2 2 2, the one left over goes to the first largest remainder
+    counts = component_counts({"clean": 1 / 3, "mismatched": 1 / 3, "off_task": 1 / 3}, 7)
+    assert counts["clean"] == 3 and counts["mismatched"] == 2 and counts["off_task"] == 2
+    assert sum(counts.values()) == 7 and counts["near_duplicate"] == 0
+
+
 def test_default_world_validates_and_its_toml_round_trips(tmp_path):
     from datacomp_plugins.minicomp.build import world_toml
     from datacomp_plugins.minicomp.world import load_world

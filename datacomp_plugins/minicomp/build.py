@@ -184,6 +184,8 @@ class Builder:
         """Create OUT, or resume it when it holds this world; refuse anything else. True when resuming."""
         fingerprint = self.world.fingerprint()
         state_path = self.path(STATE_FILE)
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise PluginError(f"OUT {self.out}: is a file; expected a new or empty folder")
         if os.path.isdir(self.out) and os.listdir(self.out):
             if not os.path.exists(state_path):
                 raise PluginError(f"OUT {self.out}: not empty and not a minicomp build; choose an empty or new folder")
