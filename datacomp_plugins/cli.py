@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "datacomp_plugins.commands.patch_datacomp",
     "datacomp_plugins.commands.scores",
     "datacomp_plugins.commands.inspect",
+    "datacomp_plugins.commands.minicomp",
 )
 
 

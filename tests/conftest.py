@@ -124,3 +124,13 @@ def expect_exit_2(capsys, argv: Sequence[str], output, *fragments: str) -> str:
     if output is not None:
         assert not os.path.exists(output), f"{output} was left behind"
     return err
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """``minicomp build OUT --quick --seed 0``, once per test session; returns OUT (treat it as read-only)."""
+    from datacomp_plugins.cli import main
+
+    out = tmp_path_factory.mktemp("minicomp") / "quick"
+    assert main(["minicomp", "build", str(out), "--quick", "--seed", "0", "--no_progress"]) == 0
+    return out

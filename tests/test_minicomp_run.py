@@ -1,0 +1,291 @@
+"""``minicomp run``: filter -> DataComp's resharder -> student -> DataComp's evaluation, on the quick world.
+
+One quick run per test session (``quick_runs``); the determinism and kill-and-resume checks retrain one
+subset once more. Tests that need DataComp read ``DATACOMP_DIR`` and skip only when it is unset.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datacomp_plugins.cli import main as cli_main
+from datacomp_plugins.minicomp import claims
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_datacomp = pytest.mark.skipif(not os.environ.get("DATACOMP_DIR"), reason="DATACOMP_DIR is not set")
+
+
+def _run_cli(argv: list[str]) -> int:
+    return cli_main(["minicomp", "run", *argv, "--no_progress"])
+
+
+# ---------------------------------------------------------------- claims: hand-worked examples
+
+
+def test_claim_holds_when_mean_exceeds_two_standard_errors():
+    # d = 1, 2, 3 points: mean 2, sd 1, SE 1/sqrt(3) = 0.5774, 2 SE = 1.1547 -> held, margin 0.8453
+    averages = {"a": {0: 50.0, 1: 52.0, 2: 54.0}, "b": {0: 49.0, 1: 50.0, 2: 51.0}}
+    c = claims.compare(averages, "a", "b")
+    assert c.status == "held" and c.n == 3
+    assert math.isclose(c.mean, 2.0) and math.isclose(c.se, 1 / math.sqrt(3))
+    assert math.isclose(c.margin, 2.0 - 2 / math.sqrt(3))
+
+
+def test_claim_not_held_when_spread_is_large_or_sign_is_wrong():
+    # d = 1, -1, 3: mean 1, sd 2, SE 1.1547 -> 2 SE = 2.31 > 1 -> not held
+    averages = {"a": {0: 51.0, 1: 49.0, 2: 53.0}, "b": {0: 50.0, 1: 50.0, 2: 50.0}}
+    assert claims.compare(averages, "a", "b").status == "not held"
+    assert claims.compare(averages, "b", "a").status == "not held"
+    one_seed = {"a": {0: 60.0}, "b": {0: 50.0}}
+    c = claims.compare(one_seed, "a", "b")
+    assert c.status == "not judged" and c.se is None and c.mean == 10.0
+
+
+def test_claim_four_needs_every_comparison():
+    names = [*claims.FILTERS, "no_filter", "random_30"]
+    averages = {n: {0: 10.0, 1: 11.0, 2: 12.5} for n in ("no_filter", "random_30")}
+    for i, name in enumerate(claims.FILTERS):
+        averages[name] = {0: 20.0 + i, 1: 21.0 + i, 2: 22.0 + i}
+    verdicts = {number: overall for number, _, overall, _ in claims.judge(averages)}
+    assert verdicts[4] == "held" and set(averages) == set(names)
+    averages["negcliploss_normsim_d"] = {0: 10.0, 1: 11.0, 2: 12.0}  # no better than no_filter
+    verdicts = {number: overall for number, _, overall, _ in claims.judge(averages)}
+    assert verdicts[4] == "not held" and verdicts[3] == "not held"
+
+
+# ---------------------------------------------------------------- DataComp's train.py argument list
+
+
+@needs_datacomp
+def test_train_argv_has_datacomp_train_py_flags_in_order(tmp_path):
+    """Every flag train.py passes to open_clip's main (read from its source), in its order."""
+    from datacomp_plugins.minicomp import student
+
+    source = (Path(os.environ["DATACOMP_DIR"]) / "train.py").read_text()
+    flags = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "main_args" for t in node.targets):
+            flags = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and str(e.value).startswith("--")]
+    assert len(flags) > 15
+    data = tmp_path / "shards"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i:08d}.tar").write_bytes(b"")
+    scale = student.SCALE_CONFIGS["minicomp"]
+    argv = student.train_argv(data, tmp_path / "logs", "train", scale, seed=7, train_num_samples=64_000)
+    ours = [a for a in argv if a.startswith("--")]
+    assert ours == flags + ["--dataset-resampled"]  # train.py appends it unconditionally; beta2 is None
+    value = dict(zip(argv, argv[1:], strict=False))
+    assert value["--train-data"] == str(data / "{00000000..00000002}.tar")  # train.py's get_input_shards
+    assert value["--train-num-samples"] == str(64_000 // scale["num_checkpoints"])
+    assert value["--epochs"] == str(scale["num_checkpoints"]) and value["--seed"] == "7"
+    assert value["--batch-size"] == str(scale["batch_size"]) and value["--resume"] == "latest"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_datacomp_dir_is_a_clear_error(quick_world, monkeypatch, capsys):
+    monkeypatch.delenv("DATACOMP_DIR", raising=False)
+    assert _run_cli([str(quick_world), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: DATACOMP_DIR is not set") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["missing", "floats", "syntax", "taken", "empty"])
+def test_bad_subset_is_a_clear_error(quick_world, tmp_path, capsys, case):
+    path = tmp_path / "mine.npy"
+    if case == "floats":
+        np.save(path, np.arange(5, dtype=np.float64))
+    elif case == "empty":
+        np.save(path, np.zeros(0, dtype=np.dtype("u8,u8")))
+    item = {"missing": f"mine={tmp_path / 'nope.npy'}", "floats": f"mine={path}", "syntax": str(path),
+            "taken": f"negcliploss_30={path}", "empty": f"mine={path}"}[case]
+    assert _run_cli([str(quick_world), "--quick", "--subset", item, "--runs_dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --subset") and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+# ---------------------------------------------------------------- the quick run
+
+
+@pytest.fixture(scope="session")
+def quick_runs(quick_world):
+    if not os.environ.get("DATACOMP_DIR"):
+        pytest.skip("DATACOMP_DIR is not set")
+    assert _run_cli([str(quick_world), "--quick"]) == 0
+    return Path(quick_world)
+
+
+def _tasks(out: Path) -> list[str]:
+    return sorted(p.name[len("wds_"):-len("_test")] for p in (out / "evalsets").iterdir() if p.name.startswith("wds_"))
+
+
+@needs_datacomp
+def test_every_run_folder_holds_a_valid_eval_results_file(quick_runs):
+    from datacomp_plugins.minicomp.run import QUICK_BASELINES
+
+    tasks = _tasks(quick_runs)
+    assert len(tasks) >= 2
+    for baseline in QUICK_BASELINES:
+        path = quick_runs / "runs" / baseline / "seed0" / "eval_results.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert sorted(r["key"] for r in lines) == tasks
+        for record in lines:
+            assert record["dataset"] == record["key"]
+            metrics = record["metrics"]
+            assert 0.0 <= metrics["acc1"] <= 1.0 and metrics["main_metric"] == metrics["acc1"]
+            assert 0.0 <= metrics["mean_per_class_recall"] <= 1.0
+
+
+@needs_datacomp
+def test_subset_sizes_and_reshard_are_exact(quick_runs):
+    """Subset sizes are the recipes' floor(N*F); DataComp's resharder wrote exactly the subset's samples."""
+    from datacomp_plugins.minicomp.run import pool_uids
+    from datacomp_plugins.uids import load_uid_file, to_hex
+
+    n = len(pool_uids(quick_runs))
+    expected = {"no_filter": n, "clip_score_30": math.floor(0.3 * n), "negcliploss_30": math.floor(0.3 * n),
+                "negcliploss_normsiminf_target": math.floor(0.2 * n)}
+    for baseline, size in expected.items():
+        assert len(load_uid_file(str(quick_runs / "runs" / baseline / "uids.npy"))) == size
+    folder = quick_runs / "runs" / "negcliploss_30"
+    wanted = set(to_hex(np.asarray(load_uid_file(str(folder / "uids.npy")))).astype(str))
+    seen = []
+    for tar_path in sorted((folder / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    seen.append(json.loads(tar.extractfile(member).read())["uid"])
+    assert len(seen) == len(set(seen)) and set(seen) == wanted
+
+
+@needs_datacomp
+def test_report_command_reads_the_results(quick_runs, tmp_path):
+    runs = [str(p) for p in sorted((quick_runs / "runs").glob("*/seed0"))]
+    assert len(runs) == 4
+    assert cli_main(["report", *runs, "--partial", "--out", str(tmp_path)]) == 0
+
+
+@needs_datacomp
+def test_report_md_tables_match_the_results_and_truth(quick_runs):
+    """report.md's averages are the mean of the jsonl lines; component shares are recounted from truth/."""
+    import pyarrow.parquet as pq
+
+    from datacomp_plugins.uids import load_uid_file, to_hex
+
+    text = (quick_runs / "report.md").read_text()
+    assert (quick_runs / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = quick_runs / "runs" / "negcliploss_30" / "seed0" / "eval_results.jsonl"
+    accs = [json.loads(line)["metrics"]["acc1"] for line in path.read_text().splitlines()]
+    row = next(line for line in text.splitlines() if line.startswith("| negcliploss_30 |"))
+    assert row.split("|")[-2].strip() == f"{100 * sum(accs) / len(accs):.1f}"
+    truth = pq.read_table(quick_runs / "truth").to_pandas() if (quick_runs / "truth").is_dir() else None
+    kept = set(to_hex(np.asarray(load_uid_file(str(quick_runs / "runs" / "negcliploss_30" / "uids.npy")))).astype(str))
+    components = sorted(truth["component"].unique())
+    rows = [line for line in text.splitlines() if line.startswith("| negcliploss_30 |")]
+    share_row = rows[1].split("|")[2:-1]
+    for component, cell in zip(components, share_row, strict=True):
+        members = truth["uid"][truth["component"] == component]
+        assert cell.strip() == f"{100 * sum(u in kept for u in members) / len(members):.1f}"
+
+
+@needs_datacomp
+def test_student_loads_in_datacomp_create_model_and_matches_a_direct_evaluation(quick_runs):
+    """DataComp's create_model loads the student; a plain zero-shot computation gives wds_eval's acc1."""
+    import torch
+
+    from datacomp_plugins.minicomp import evaluate, student
+
+    runs = quick_runs / "runs"
+    student.register_model(runs / "model_configs" / f"{student.STUDENT_MODEL}.json")
+    wds_eval = evaluate.wds_eval_module(Path(os.environ["DATACOMP_DIR"]))
+    checkpoint = runs / "negcliploss_30" / "seed0" / "train" / "checkpoints" / "epoch_latest.pt"
+    model, transform, device = wds_eval.create_model(student.STUDENT_MODEL, checkpoint)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name].to(tensor.dtype)), name
+    # brute force: one task, float64 similarity of each image to each class's mean template embedding
+    import open_clip
+    from PIL import Image
+
+    task = _tasks(quick_runs)[0]
+    folder = quick_runs / "evalsets" / f"wds_{task}_test"
+    classes = (folder / "classnames.txt").read_text().splitlines()
+    templates = (folder / "zeroshot_classification_templates.txt").read_text().splitlines()
+    tokenizer = open_clip.get_tokenizer(student.STUDENT_MODEL)
+    with torch.no_grad():
+        weights = []
+        for name in classes:
+            text = model.encode_text(tokenizer([t.replace("{c}", name) for t in templates]))
+            text = torch.nn.functional.normalize(text, dim=-1).mean(0)
+            weights.append(text / text.norm())
+        weights = torch.stack(weights).double()
+        correct = total = 0
+        for shard in sorted((folder / "test").glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                members = {m.name: m for m in tar.getmembers()}
+                for name in sorted(members):
+                    if not name.endswith(".cls"):
+                        continue
+                    stem = name[:-4]
+                    image_name = next(f"{stem}.{e}" for e in ("jpg", "png", "webp") if f"{stem}.{e}" in members)
+                    image = Image.open(tar.extractfile(members[image_name])).convert("RGB")
+                    feature = model.encode_image(transform(image)[None])
+                    feature = torch.nn.functional.normalize(feature, dim=-1).double()
+                    correct += int((feature @ weights.T).argmax().item() == int(tar.extractfile(members[name]).read()))
+                    total += 1
+    results = [json.loads(line) for line in (checkpoint.parents[2] / "eval_results.jsonl").read_text().splitlines()]
+    acc1 = next(r for r in results if r["key"] == task)["metrics"]["acc1"]
+    assert abs(acc1 - correct / total) <= 1.0 / total + 1e-9  # at most one float tie flips
+
+
+@needs_datacomp
+def test_seeded_rerun_after_a_kill_gives_identical_results(quick_runs, tmp_path):
+    """Retrain negcliploss_30's subset under another name: killed after its first checkpoint, then resumed.
+
+    Its eval_results.jsonl must equal the uninterrupted quick run's byte for byte: the same seed gives the same
+    student, and a kill + resume gives what an uninterrupted run gives.
+    """
+    uids = quick_runs / "runs" / "negcliploss_30" / "uids.npy"
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "datacomp_plugins", "minicomp", "run", str(quick_runs), "--quick",
+            "--baselines", "", "--subset", f"again={uids}", "--runs_dir", str(runs), "--no_progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    checkpoint = runs / "again" / "seed0" / "train" / "checkpoints" / "epoch_latest.pt"
+    process = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.exists(), "no checkpoint appeared"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    results = runs / "again" / "seed0" / "eval_results.jsonl"
+    assert not results.exists(), "the kill came after the run finished"
+    assert _run_cli([str(quick_runs), "--quick", "--baselines", "", "--subset", f"again={uids}",
+                     "--runs_dir", str(runs)]) == 0
+    log = (runs / "again" / "seed0" / "train" / "out.log").read_text()
+    assert "resuming checkpoint" in log
+    reference = quick_runs / "runs" / "negcliploss_30" / "seed0" / "eval_results.jsonl"
+    assert results.read_bytes() == reference.read_bytes()
+    # a rerun skips the finished pair
+    mtime = results.stat().st_mtime_ns
+    assert _run_cli([str(quick_runs), "--quick", "--baselines", "", "--subset", f"again={uids}",
+                     "--runs_dir", str(runs)]) == 0
+    assert results.stat().st_mtime_ns == mtime
