@@ -53,8 +53,14 @@ test: $(VENV)/.test
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
+# The mini DataComp end to end: the default world, 7 baselines x 3 seeds, minicomp-out/report.md (docs/MINICOMP.md)
+minicomp: $(VENV)/.test
+	@test -n "$(DATACOMP_DIR)" || { echo "set DATACOMP_DIR to a DataComp checkout"; exit 2; }
+	$(PY) -m datacomp_plugins minicomp build minicomp-out
+	$(PY) -m datacomp_plugins minicomp run minicomp-out
+
 bench: $(VENV)/.core
 	$(PY) tools/bench_negcliploss.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out minicomp-out
