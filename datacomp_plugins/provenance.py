@@ -99,7 +99,9 @@ def pool_record(pool, cache=None) -> dict[str, Any]:
             entry["uids_sha256"] = hashlib.sha256(np.ascontiguousarray(uids).tobytes()).hexdigest()
         shards.append(entry)
     whole = hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
-    return {"metadata_dir": pool.url, "fingerprint": pool.fingerprint, "content_sha256": whole,
+    # the pool's identity is its shards' (content-keyed, so a moved pool keeps it)
+    identity = hashlib.sha256("".join(shard.fingerprint for shard in pool.shards).encode()).hexdigest()[:16]
+    return {"metadata_dir": pool.url, "fingerprint": identity, "content_sha256": whole,
             "shards": shards}
 
 

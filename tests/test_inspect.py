@@ -105,7 +105,8 @@ def test_scores_with_a_target_match_brute_force_normsim(world, capsys, tmp_path)
 def test_streaming_filter_writes_a_sidecar(world, tmp_path):
     pool, _, cache = world
     out = tmp_path / "s.npy"
-    assert main(["filter", "--name", "clip_score", "--metadata_dir", pool.metadata, "--fraction", "0.4",
+    # negcliploss keeps exactly floor(N*F); clip_score follows DataComp's rule (one more, plus ties)
+    assert main(["filter", "--name", "negcliploss", "--metadata_dir", pool.metadata, "--fraction", "0.4",
                  "--save_path", str(out), "--cache_dir", cache, "--streaming", "--no_progress"]) == 0
     sidecar = json.loads((tmp_path / "s.npy.json").read_text())
     assert sidecar["uid_count"] == sidecar["counts"]["kept"] == len(load_uid_file(str(out))) == int(0.4 * 73)
@@ -136,9 +137,9 @@ def test_filter_sidecar_records_the_run(world, capsys):
     for shard in sidecar["pool"]["shards"]:
         assert shard["parquet_bytes"] == os.path.getsize(os.path.join(pool.metadata, shard["stem"] + ".parquet"))
         assert shard["npz_bytes"] == os.path.getsize(os.path.join(pool.metadata, shard["stem"] + ".npz"))
-    # the cut-off: the k-th and (k+1)-th largest clip_score, k = floor(0.4 n), from an independent sort
+    # the cut-off: DataComp's rule keeps the k+1 best (k = floor(0.4 n); no ties here), from an independent sort
     values = sorted((v["clip_score"] for v in brute_scores(pool).values()), reverse=True)
-    k = int(0.4 * len(values))
+    k = int(0.4 * len(values)) + 1
     stage = sidecar["stages"][0]
     assert stage["score"] == "clip_score" and stage["kept"] == k and stage["in"] == len(values)
     assert stage["lowest_kept"] == pytest.approx(values[k - 1], abs=1e-6)
@@ -168,7 +169,7 @@ def test_set_operation_sidecar_and_stale_detection(world, capsys, tmp_path):
 
 def test_malformed_sidecar_is_an_error(tmp_path, capsys):
     path = tmp_path / "x.npy"
-    save_uid_file(str(path), parse_hex(["ab", "cd"]))
+    save_uid_file(str(path), parse_hex(["ab".rjust(32, "0"), "cd".rjust(32, "0")]))
     (tmp_path / "x.npy.json").write_text("{not json")
     code, _, err = run_cli(["uids", "info", path], capsys)
     assert code == 2 and "x.npy.json: unreadable provenance sidecar" in err
