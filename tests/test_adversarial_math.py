@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ from conftest import make_pool, random_hex_uids, unit_rows, write_shard
 
 from datacomp_plugins import metrics
 from datacomp_plugins.cli import main
+from datacomp_plugins.errors import PluginError
 from datacomp_plugins.uids import UID_DTYPE
 
 TOLERANCE = 2e-5  # float32 scoring against float64: observed errors are ~1e-6
@@ -400,7 +402,8 @@ def test_external_fraction_is_a_share_of_the_given_uids(tmp_path, cache_dir, cap
         return sorted(indices, key=lambda i: (-score[i], int(hexes[i], 16)))[:k]
 
     restricted = top(given, ext, math.floor(24 * 0.25))  # 6 of the 24 given, not 15 of the 60 in the pool
-    want = top(restricted, clip, math.floor(len(restricted) * 0.5))
+    # --name clip_score follows DataComp's rule: the floor(N*F)+1 best (no ties here)
+    want = top(restricted, clip, math.floor(len(restricted) * 0.5) + 1)
     assert np.load(out).tolist() == sorted(as_uid(hexes[i]) for i in want)
     assert "hype top 0.25: 6" in capsys.readouterr().out
 
@@ -457,15 +460,15 @@ BOUNDARY_FLAGS = {
     "fraction negative": (["--fraction", "-0.5"], "must be in (0, 1]"),
     "threshold nan": (["--threshold", "nan"], "--threshold nan: must be a finite number"),
     "threshold inf": (["--threshold", "inf"], "must be a finite number"),
-    "zero batches": (["--fraction", "0.5", "--num_batches", "0"], "--num_batches 0: must be at least 1"),
+    "zero batches": (["--fraction", "0.5", "--num_batches", "0"], "--num_batches 0: must be an integer in [1, "),
     "zero batch size": (["--fraction", "0.5", "--negcliploss_batch_size", "0"],
-                        "--negcliploss_batch_size 0: must be at least 1"),
+                        "--negcliploss_batch_size 0: must be an integer in [1, "),
     "negative block": (["--fraction", "0.5", "--batch_size", "-1"], "--batch_size -1"),
-    "zero temperature": (["--fraction", "0.5", "--temperature", "0"], "--temperature 0.0: must be a positive"),
+    "zero temperature": (["--fraction", "0.5", "--temperature", "0"], "--temperature 0.0: must be in [0.0001, "),
     "nan temperature": (["--fraction", "0.5", "--temperature", "nan"], "--temperature nan"),
     "inf temperature": (["--fraction", "0.5", "--temperature", "inf"], "--temperature inf"),
     "zero iterations": (["--name", "normsim_d", "--fraction", "0.5", "--normsim_fraction", "0.2",
-                         "--normsim_d_iters", "0"], "--normsim_d_iters 0: must be at least 1"),
+                         "--normsim_d_iters", "0"], "--normsim_d_iters 0: must be an integer in [1, "),
     "normsim above fraction": (["--name", "normsim_d", "--fraction", "0.5", "--normsim_fraction", "0.5000001"],
                                "is larger than --fraction"),
     "normsim fraction 0": (["--name", "normsim_d", "--fraction", "0.5", "--normsim_fraction", "0"],
@@ -594,15 +597,18 @@ def test_stale_checksum_and_block_size_against_the_cache(tmp_path, cache_dir, ca
     assert np.load(tmp_path / "b.npy").tolist() == np.load(tmp_path / "a.npy").tolist()
 
 
-def test_a_pickled_target_matrix_is_never_loaded(tmp_path):
+def test_a_pickled_target_matrix_is_never_loaded(tmp_path, monkeypatch):
     from datacomp_plugins.scoring import NormSimScore, _matrix
 
     np.save(tmp_path / "target.npy", np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
     score = NormSimScore(p="inf", target="x", target_path=str(tmp_path / "target.npy"), gram_path="")
     image = unit_rows(np.random.default_rng(15), 3, 768)
     _matrix.cache_clear()
-    with pytest.raises(ValueError, match="allow_pickle"):
+    unpickled = []
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: unpickled.append(a))
+    with pytest.raises(PluginError, match="materialised target"):  # read with allow_pickle=False: refused
         score.compute(None, {}, {"l14_img": image})
+    assert unpickled == []
 
 
 @pytest.mark.parametrize("transpose", [False, True])

@@ -91,7 +91,7 @@ def test_two_element_file_through_every_command(tmp_path, capsys):
     assert main(["uids", "to-hex", aa, "-o", str(tmp_path / "aa.txt")]) == 0
     assert (tmp_path / "aa.txt").read_text() == f"{A:032x}\n"
     assert "1 duplicates" in capsys.readouterr().err
-    (tmp_path / "aa-hex.txt").write_text(f"{A:032x}\n{A:X}\n")
+    (tmp_path / "aa-hex.txt").write_text(f"{A:032x}\n{A:032X}\n")
     assert main(["uids", "from-hex", str(tmp_path / "aa-hex.txt"), "-o", str(tmp_path / "back.npy")]) == 0
     assert ints(np.load(tmp_path / "back.npy")) == [A]
     assert "2 hex uids" in (said := capsys.readouterr().out) and "1 duplicates dropped" in said
@@ -207,7 +207,8 @@ def test_given_uids_file_with_repeats_restricts_once_and_says_so(tmp_path, cache
                for m in messages), messages
     text = capsys.readouterr().out
     assert f"{path}: 14 uids, 0 not in the pool" in text and "of 14 samples" in text
-    want = sorted(chosen, key=lambda i: (-clip[i], int(hexes[i], 16)))[: math.floor(14 * 0.5)]
+    # --name clip_score follows DataComp's rule: the floor(N*F)+1 best (no ties here)
+    want = sorted(chosen, key=lambda i: (-clip[i], int(hexes[i], 16)))[: math.floor(14 * 0.5) + 1]
     assert ints(np.load(out)) == sorted(int(hexes[i], 16) for i in want)
 
 

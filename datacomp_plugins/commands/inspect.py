@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from datacomp_plugins.commands.scores import add_score_arguments
 
     parser = subparsers.add_parser(
-        "inspect", help="an HTML page of the samples a filter kept and dropped (histograms, thumbnails)",
+        "inspect", formatter_class=DefaultsHelpFormatter,
+        help="an HTML page of the samples a filter kept and dropped (histograms, thumbnails)",
         description="Write one self-contained HTML page (thumbnails embedded, no network): per uid file a "
                     "histogram of each score with the cut-off marked and samples just above and below it, at "
                     "both extremes and at random; for two files the samples only one keeps; with --truth the "
@@ -21,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--truth", default=None, metavar="DIR",
                         help="folder of <stem>.parquet with columns uid (hex) and component (string)")
     parser.add_argument("--out", required=True, help="HTML file to write")
-    parser.add_argument("--per_group", type=int, default=12, help="samples per grid (default 12)")
+    parser.add_argument("--per_group", type=int, default=12, help="samples per grid")
     parser.add_argument("--page_seed", type=int, default=0, help="seed of the random samples on the page")
-    add_score_arguments(parser, "scores to show (default: clip_score,negcliploss, plus NormSims with --target)")
+    add_score_arguments(parser, "scores to show (None: clip_score,negcliploss, plus NormSims with --target)")
     parser.set_defaults(handler=run)
 
 

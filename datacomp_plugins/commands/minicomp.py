@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -22,7 +24,7 @@ def _non_negative_int(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``minicomp`` parser and its subcommands."""
     parser = subparsers.add_parser(
-        "minicomp",
+        "minicomp", formatter_class=DefaultsHelpFormatter,
         help="the mini DataComp: build a rendered world in DataComp's layout, run filters on it",
         description="A miniature DataComp on a CPU: rendered images and captions, trained teacher CLIPs, "
                     "DataComp's layout (docs/MINICOMP.md). Needs the minicomp extra.",
@@ -30,22 +32,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="minicomp_command", metavar="SUBCOMMAND")
     sub.required = True
     build = sub.add_parser(
-        "build", help="render a world into OUT (shards, metadata, evalsets, targets, truth, teachers)",
+        "build", formatter_class=DefaultsHelpFormatter,
+        help="render a world into OUT (shards, metadata, evalsets, targets, truth, teachers)",
         description="Render the world (default: the packaged one) into OUT in DataComp's layout, train its two "
                     "teacher CLIPs with open_clip_train and embed the pool with them. Same world and seed: "
                     "byte-identical shards/, metadata/ and truth/. Rebuilding into an OUT of the same world "
                     "resumes; an OUT of another world is refused.")
     build.add_argument("out", metavar="OUT", help="output folder (new, empty, or an earlier build of this world)")
-    build.add_argument("--world", default=None, metavar="FILE", help="world TOML (default: the packaged world)")
+    build.add_argument("--world", default=None, metavar="FILE", help="world TOML (None: the packaged world)")
     build.add_argument("--quick", action="store_true", help="apply the world's [quick] table (a small world)")
-    build.add_argument("--seed", type=_non_negative_int, default=None, help="seed (default: world.seed)")
-    build.add_argument("--workers", type=_positive_int, default=None, help="rendering processes (default: CPUs)")
+    build.add_argument("--seed", type=_non_negative_int, default=None, help="seed (None: the world file's seed)")
+    build.add_argument("--workers", type=_positive_int, default=None, help="rendering processes (None: one per CPU)")
     build.add_argument("--no_progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=run_build)
     from datacomp_plugins.minicomp import run as minicomp_run
 
     run = sub.add_parser(
-        "run", help="train and evaluate a student per filtered subset of OUT; write OUT/report.md",
+        "run", formatter_class=DefaultsHelpFormatter,
+        help="train and evaluate a student per filtered subset of OUT; write OUT/report.md",
         description="For each baseline: the package's filter -> DataComp's resharder.py -> a student CLIP by "
                     "open_clip_train with DataComp train.py's arguments -> DataComp's wds_eval -> "
                     "OUT/runs/<baseline>/seed<k>/eval_results.jsonl; then OUT/report.md and report.png with the "

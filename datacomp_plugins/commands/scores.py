@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from datacomp_plugins.commands import DefaultsHelpFormatter
 from datacomp_plugins.pool import ARCH_DIMS
 
 
@@ -24,7 +25,7 @@ def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> No
     parser.add_argument("--num_workers", type=int, default=1, help="worker processes scoring shards")
     parser.add_argument("--num_gpus", type=int, default=0, help="GPUs to score on (0 = CPU)")
     parser.add_argument("--batch_size", type=int, default=0, help="logit rows held at once (0: automatic)")
-    parser.add_argument("--cache_dir", default=None, help="score cache (default as for filter)")
+    parser.add_argument("--cache_dir", default=None, help="score cache (None: as for filter)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -42,14 +43,15 @@ def settings_from_args(args: argparse.Namespace, metadata_dir: str):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "scores", help="write every pool sample's scores (uid + one column per score) to parquet",
+        "scores", formatter_class=DefaultsHelpFormatter,
+        help="write every pool sample's scores (uid + one column per score) to parquet",
         description="One row per pool row: the hex uid as in DataComp's metadata and one float32 column per "
                     "score, read from the score cache (computed there first when missing), shard by shard.")
     parser.add_argument("--metadata_dir", required=True, metavar="POOL",
                         help="DataComp metadata folder (<stem>.parquet + <stem>.npz), path or fsspec URL")
     parser.add_argument("--out", required=True, help="parquet file to write (path or fsspec URL)")
     add_score_arguments(parser, "comma-separated from clip_score, negcliploss, normsim2, normsiminf "
-                                "(default: clip_score,negcliploss, plus both NormSims with --target)")
+                                "(None: clip_score,negcliploss, plus both NormSims with --target)")
     parser.set_defaults(handler=run)
 
 

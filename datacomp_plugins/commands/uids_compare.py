@@ -21,7 +21,7 @@ def register_compare(add: Callable[[str, str, str], argparse.ArgumentParser]) ->
     parser.add_argument("others", nargs="+", metavar="B", help="more uid files (.npy)")
     parser.add_argument("--metadata_dir", metavar="POOL", default=None, help="DataComp metadata folder")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    add_score_arguments(parser, "scores to compare (default: clip_score,negcliploss)")
+    add_score_arguments(parser, "scores to compare (None: clip_score,negcliploss)")
     parser.set_defaults(handler=run_compare)
 
 
