@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from datacomp_plugins.cli import main as cli_main
@@ -153,12 +154,16 @@ def test_every_run_folder_holds_a_valid_eval_results_file(quick_runs):
 
 @needs_datacomp
 def test_subset_sizes_and_reshard_are_exact(quick_runs):
-    """Subset sizes are the recipes' floor(N*F); DataComp's resharder wrote exactly the subset's samples."""
+    """Subset sizes are the recipes' floor(N*F) (clip_score: DataComp's count); DataComp's resharder wrote
+    exactly the subset's samples."""
     from datacomp_plugins.minicomp.run import pool_uids
     from datacomp_plugins.uids import load_uid_file, to_hex
 
     n = len(pool_uids(quick_runs))
-    expected = {"no_filter": n, "clip_score_30": math.floor(0.3 * n), "negcliploss_30": math.floor(0.3 * n),
+    column = np.concatenate([pq.read_table(path)["clip_l14_similarity_score"].to_numpy()
+                             for path in sorted((quick_runs / "metadata").glob("*.parquet"))])
+    cut = np.sort(column)[::-1][math.floor(0.3 * n)]  # clip_score: DataComp's rule, score >= the (floor(N*F)+1)-th
+    expected = {"no_filter": n, "clip_score_30": int((column >= cut).sum()), "negcliploss_30": math.floor(0.3 * n),
                 "negcliploss_normsiminf_target": math.floor(0.2 * n)}
     for baseline, size in expected.items():
         assert len(load_uid_file(str(quick_runs / "runs" / baseline / "uids.npy"))) == size
