@@ -1,4 +1,4 @@
-"""NormSim_2-D: the dynamic variant that needs no target set (DESIGN.md section 3).
+"""NormSim_2-D: the dynamic variant that needs no target set (Wang et al. 2024; README "Filtering a DataComp pool").
 
 S starts as the quality-stage survivors S0. Each iteration scores every x in S by xᵀΣx with
 Σ = Σ_{y∈S} y yᵀ and drops the lowest-scoring share, until the target size remains.

@@ -66,7 +66,7 @@ class FilterConfig:
     threshold: float | None = None
     num_workers: int = 1
     num_gpus: int = 0
-    batch_size: int = 0  # 0: automatic (metrics.BLOCK_ELEMENTS logits at once)
+    batch_size: int = 0  # 0: automatic (metrics.BLOCK_BYTES of logits at once)
     num_batches: int = 10
     negcliploss_batch_size: int = 32768
     temperature: float = 0.01

@@ -1,6 +1,6 @@
 """Score math as pure torch functions: no I/O, no randomness, any device.
 
-Notation (DESIGN.md section 3): ``image`` rows f_i and ``text`` rows g_i are unit embeddings of the same n
+Notation (Wang et al. 2024): ``image`` rows f_i and ``text`` rows g_i are unit embeddings of the same n
 samples, τ the teacher's temperature. Randomness (which samples share a batch) is decided by the caller and
 passed in as index batches, so every function here can be checked against a brute force on the same batches.
 """

@@ -115,7 +115,7 @@ def numeric_column(values: np.ndarray, path: str, column: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NegCLIPLossScore(Score):
-    """negCLIPLoss from the image and text embeddings (DESIGN.md section 3)."""
+    """negCLIPLoss from the image and text embeddings (Wang et al. 2024; README "Filtering a DataComp pool")."""
 
     arch: str = "l14"
     num_batches: int = 10
