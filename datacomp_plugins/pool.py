@@ -108,17 +108,23 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 4, delay: f
     raise AssertionError("unreachable")
 
 
+def open_directory(url: str, flag: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and root of a folder given on the command line (path or fsspec URL), or a clear error."""
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as exc:
+        raise PluginError(f"{flag} {url}: cannot open ({exc})") from None
+    if not fs.isdir(root):
+        raise PluginError(f"{flag} {url}: no such directory")
+    return fs, root
+
+
 class Pool:
     """A metadata directory and its shards, sorted by stem (the order never affects results)."""
 
     def __init__(self, metadata_dir: str, flag: str = "--metadata_dir") -> None:
         self.url = str(metadata_dir)
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        except (ValueError, ImportError) as exc:
-            raise PluginError(f"{flag} {self.url}: cannot open ({exc})") from None
-        if not self.fs.isdir(self.root):
-            raise PluginError(f"{flag} {self.url}: no such directory")
+        self.fs, self.root = open_directory(self.url, flag)
         listing = {posixpath.basename(e["name"].rstrip("/")): e for e in self.fs.ls(self.root, detail=True)}
         stems = sorted(name[: -len(".parquet")] for name in listing if name.endswith(".parquet"))
         if not stems:

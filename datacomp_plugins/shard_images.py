@@ -19,8 +19,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import fsspec
-
 from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import is_local
 
@@ -49,13 +47,10 @@ class ShardImages:
     """The tars of a shard folder (local path or fsspec URL)."""
 
     def __init__(self, shards_dir: str, flag: str = "--shards") -> None:
+        from datacomp_plugins.pool import open_directory
+
         self.url = str(shards_dir)
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        except (ValueError, ImportError) as exc:
-            raise PluginError(f"{flag} {self.url}: cannot open ({exc})") from None
-        if not self.fs.isdir(self.root):
-            raise PluginError(f"{flag} {self.url}: no such directory")
+        self.fs, self.root = open_directory(self.url, flag)
         names = sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False))
         self.tars = [posixpath.join(self.root, n) for n in names if n.endswith(".tar")]
         if not self.tars:
