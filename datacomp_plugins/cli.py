@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from datacomp_plugins import __version__
-from datacomp_plugins.errors import PluginError
+from datacomp_plugins.core.errors import PluginError
 
 # Modules that provide subcommands, in the order --help lists them.
 COMMAND_MODULES = (
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    from datacomp_plugins.procs import terminate_as_interrupt
+    from datacomp_plugins.core.procs import terminate_as_interrupt
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the environment, not our bug: disk full, read-only folder, file in the way
-        from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
+        from datacomp_plugins.core.fileio import ENVIRONMENT_ERRNOS
 
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise

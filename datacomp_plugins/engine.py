@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from datacomp_plugins.pool import Pool, Shard
-from datacomp_plugins.procs import bind_to_parent
+from datacomp_plugins.core.pool import Pool, Shard
+from datacomp_plugins.core.procs import bind_to_parent
 from datacomp_plugins.scoring import (
     Score,
     ScoreCache,

@@ -26,9 +26,9 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.pool import Shard
 from datacomp_plugins.engine import Job
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.pool import Shard
 from datacomp_plugins.scoring import ShardResult, score_shard
 
 INSTALL_HINT = "--engine ray: needs the 'ray' extra: pip install 'datacomp-plugins[ray]'"

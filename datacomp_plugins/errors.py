@@ -1,9 +1,5 @@
-"""One exception type for every problem the user can fix.
+"""The package's error type under its public name: DataComp's patched ``baselines.py`` imports it from here."""
 
-The command line turns it into a one-line message and a non-zero exit code, never a traceback; anything
-else that escapes is a bug of ours and keeps its traceback.
-"""
+from datacomp_plugins.core.errors import PluginError
 
-
-class PluginError(Exception):
-    """Bad input or environment: the message names the file, key or flag and what was expected."""
+__all__ = ["PluginError"]

@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from datacomp_plugins import provenance, ranges
+from datacomp_plugins import provenance
+from datacomp_plugins.core import ranges
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.fileio import check_folder_writable, check_writable
+from datacomp_plugins.core.pool import ARCH_DIMS, Pool
+from datacomp_plugins.core.uids import UID_DTYPE, save_uid_file
 from datacomp_plugins.engine import Job, run_local
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import check_folder_writable, check_writable
-from datacomp_plugins.pool import ARCH_DIMS, Pool
 from datacomp_plugins.scoring import (
     NegCLIPLossScore,
     NormSimScore,
@@ -30,14 +32,13 @@ from datacomp_plugins.scoring import (
     ScoreCache,
     default_cache_dir,
 )
-from datacomp_plugins.select import (
+from datacomp_plugins.select.masks import (
     first_occurrence,
     index_in,
     isin,
     threshold_mask,
     top_k_mask,
 )
-from datacomp_plugins.uids import UID_DTYPE, save_uid_file
 
 QUALITY_SCORES = ("negcliploss", "clip_score")
 # name -> relevance stage after the quality stage (None: the quality stage alone)
@@ -171,7 +172,7 @@ def validate(config: FilterConfig) -> None:
     check_folder_writable(config.cache_dir or default_cache_dir(), "--cache_dir")
 
 
-# Every number of a filter run and its range (datacomp_plugins.ranges): checked before any work, whoever
+# Every number of a filter run and its range (datacomp_plugins.core.ranges): checked before any work, whoever
 # built the config (command line, recipe, DataComp's patched baselines.py).
 NUMBER_RANGES = {
     "fraction": ranges.FRACTION,
@@ -202,7 +203,7 @@ def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] =
     The output is renamed over its path at the end, so writing onto a pool shard, the target or a uid file
     the run restricts to would destroy an input (and, for a cached score, go unnoticed until the next run).
     """
-    from datacomp_plugins.fileio import is_local, local_path
+    from datacomp_plugins.core.fileio import is_local, local_path
 
     if not is_local(config.save_path):
         return
@@ -306,7 +307,7 @@ def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np
 
 def _relevance_score(config: FilterConfig, cache: ScoreCache, pool: Pool) -> NormSimScore:
     """Load, check and materialise the target once (main process), then describe the NormSim score."""
-    from datacomp_plugins import targets
+    from datacomp_plugins.scores import targets
 
     matrix = targets.load_target(config.target, config.arch, ARCH_DIMS[config.arch], config.target_key)
     key, target_path, gram_path = targets.materialise(matrix, cache.targets)
@@ -373,7 +374,7 @@ def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray | None, k
 def _normsim_d_stage(config: FilterConfig, pool: Pool, cache: ScoreCache, uids: np.ndarray,
                      survivors: np.ndarray, want: int) -> np.ndarray:
     """Run NormSim_2-D on the survivors' image embeddings (spilled to the cache folder, then deleted)."""
-    from datacomp_plugins.dynamic import iterate, spill_image_embeddings
+    from datacomp_plugins.scores.dynamic import iterate, spill_image_embeddings
 
     key = f"{config.arch}_img"
     offsets = np.cumsum([0] + [len(cache.load_uids(s, verify=False)) for s in pool.shards])
@@ -396,7 +397,7 @@ def _restrict(config: FilterConfig, uids: np.ndarray, eligible: np.ndarray, summ
     ``--external_fraction`` of what remains by a score column keyed by uid. Our fractions are then shares
     of the restricted pool, as in the official code.
     """
-    from datacomp_plugins.uids import load_uid_file, to_hex
+    from datacomp_plugins.core.uids import load_uid_file, to_hex
 
     unique = eligible
     for path in (config.given_uids.split("::") if config.given_uids else []):
@@ -426,7 +427,7 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
     import fsspec
     import pyarrow.parquet as pq
 
-    from datacomp_plugins.uids import parse_hex
+    from datacomp_plugins.core.uids import parse_hex
 
     try:
         with fsspec.open(path, "rb") as handle:
@@ -486,7 +487,7 @@ def _run_streaming(config: FilterConfig, pool: Pool, cache: ScoreCache, score: S
     ``score`` None: --name clip_score, whose values are DataComp's parquet column read shard by shard.
     """
     from datacomp_plugins.scoring import numeric_column
-    from datacomp_plugins.streaming import kth_largest_streaming, threshold_streaming, top_k_streaming
+    from datacomp_plugins.select.streaming import kth_largest_streaming, threshold_streaming, top_k_streaming
 
     column = f"clip_{config.arch}_similarity_score"
 
@@ -536,8 +537,8 @@ def run_filter(config: FilterConfig) -> Summary:
     SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
     deleted, also when DataComp's patched ``baselines.py`` calls this directly.
     """
-    from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
-    from datacomp_plugins.procs import terminate_as_interrupt
+    from datacomp_plugins.core.fileio import ENVIRONMENT_ERRNOS
+    from datacomp_plugins.core.procs import terminate_as_interrupt
 
     with terminate_as_interrupt():
         try:
@@ -550,7 +551,7 @@ def run_filter(config: FilterConfig) -> Summary:
 
 def _precision(config: FilterConfig) -> tuple[FilterConfig, str | None]:
     """Resolve ``--precision auto`` (a short probe) and warn once when bf16 will be slow on this CPU."""
-    from datacomp_plugins import precision
+    from datacomp_plugins.core import precision
 
     device = "cuda" if config.num_gpus > 0 else "cpu"
     use_quality = not (config.fraction == 1.0 and config.relevance is not None)

@@ -27,8 +27,8 @@ import fsspec
 import numpy as np
 
 from datacomp_plugins import __version__
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import atomic_open, is_local, local_path
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.fileio import atomic_open, is_local, local_path
 
 FORMAT = "datacomp-plugins provenance 1"
 SUFFIX = ".json"
@@ -263,7 +263,7 @@ def filter_stages(config, columns: Sequence[np.ndarray], use_quality: bool, elig
 def save_uid_array(path: str, uids: np.ndarray, operation: str, inputs: Sequence[str],
                    input_counts: Sequence[int], seconds: float) -> int:
     """Write an already sorted, unique uid array (set algebra, from-hex) with its sidecar."""
-    from datacomp_plugins.fileio import atomic_save_npy
+    from datacomp_plugins.core.fileio import atomic_save_npy
 
     def save() -> int:
         atomic_save_npy(path, uids)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datacomp_plugins.errors import PluginError
+from datacomp_plugins.core.errors import PluginError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -131,8 +131,8 @@ def _fill(value, values: dict[str, str], recipe: Recipe):
 
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
+    from datacomp_plugins.core.uids import load_uid_file, save_uid_file
     from datacomp_plugins.filtering import FilterConfig, refuse_input_as_output, run_filter, validate
-    from datacomp_plugins.uids import load_uid_file, save_uid_file
 
     settings = {k: _fill(v, values, recipe) for k, v in recipe.filter.items()}
     union = [_fill(v, values, recipe) for v in recipe.union]
@@ -145,7 +145,7 @@ def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str
     refuse_input_as_output(config, tuple(union))
     if not union:
         return run_filter(config).line()
-    from datacomp_plugins.procs import owned_name, sweep_stale, terminate_as_interrupt
+    from datacomp_plugins.core.procs import owned_name, sweep_stale, terminate_as_interrupt
 
     folder = os.path.dirname(os.path.abspath(save_path))
     sweep_stale(folder, (".recipe-",))  # left by runs killed outright; SIGTERM/Ctrl-C delete their own

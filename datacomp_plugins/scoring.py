@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.fileio import CRC_SUFFIX, load_npy_checked, save_npy_checked
-from datacomp_plugins.pool import ARCH_DIMS, Pool, Shard
-from datacomp_plugins.uids import UID_DTYPE
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.fileio import CRC_SUFFIX, load_npy_checked, save_npy_checked
+from datacomp_plugins.core.pool import ARCH_DIMS, Pool, Shard
+from datacomp_plugins.core.uids import UID_DTYPE
 
 if TYPE_CHECKING:
     import torch
@@ -134,7 +134,7 @@ class NegCLIPLossScore(Score):
     def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
         import torch
 
-        from datacomp_plugins.metrics import COMPUTE_DTYPES, negcliploss
+        from datacomp_plugins.scores.metrics import COMPUTE_DTYPES, negcliploss
 
         device = torch.device(self.device)
         # Stored float16 is widened by torch on the device (vectorised, threaded: ~5x numpy's astype).
@@ -219,7 +219,7 @@ class NormSimScore(Score):
     def compute(self, shard: Shard, columns: dict, embeddings: dict) -> np.ndarray:
         import torch
 
-        from datacomp_plugins.metrics import COMPUTE_DTYPES, normsim2, normsim_inf
+        from datacomp_plugins.scores.metrics import COMPUTE_DTYPES, normsim2, normsim_inf
 
         rows, image, out = _image_rows(embeddings, self.npz_keys[0], self.device)
         if len(rows):
@@ -275,7 +275,7 @@ class ScoreCache:
 
     def sweep(self) -> int:
         """Delete temporaries that killed runs left in the shared folders (their owner process is gone)."""
-        from datacomp_plugins.procs import sweep_stale
+        from datacomp_plugins.core.procs import sweep_stale
 
         return (sweep_stale(self.spill, ("normsim_d-",), suffix=".f16")
                 + sweep_stale(self.targets, (".",), suffix=".tmp"))

@@ -87,8 +87,7 @@ def cache_dir(tmp_path, monkeypatch) -> str:
 def fake_assets(tmp_path, monkeypatch, corrupt: frozenset[str] = frozenset()):
     """DataComp's five in1k files served from a local folder, with their sha256 in the table."""
     import torch
-
-    from datacomp_plugins import targets
+    from datacomp_plugins.scores import targets
 
     def features(seed: int) -> np.ndarray:
         return np.random.default_rng(seed).standard_normal((3, 768)).astype(np.float32)

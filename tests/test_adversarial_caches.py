@@ -12,7 +12,7 @@ import pytest
 from conftest import make_pool, unit_rows
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.pool import Pool
+from datacomp_plugins.core.pool import Pool
 
 
 def _target(tmp_path) -> str:

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 from conftest import expect_exit_2, make_pool
+from datacomp_plugins.scores import metrics
 
-from datacomp_plugins import metrics
 from datacomp_plugins.cli import build_parser, main
 
 FILTER_NUMBERS = [

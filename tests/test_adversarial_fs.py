@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import make_pool
 
-from datacomp_plugins import fileio
+from datacomp_plugins.apps.toy import write_toy_pool
 from datacomp_plugins.cli import main
-from datacomp_plugins.toy import write_toy_pool
+from datacomp_plugins.core import fileio
 
 # /sys refuses new files even to root (sysfs; read-only in containers): a read-only folder anywhere.
 READ_ONLY = "/sys"

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import make_pool, random_hex_uids, unit_rows, write_shard
+from datacomp_plugins.scores import metrics
 
-from datacomp_plugins import metrics
 from datacomp_plugins.cli import main
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.uids import UID_DTYPE
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.uids import UID_DTYPE
 
 TOLERANCE = 2e-5  # float32 scoring against float64: observed errors are ~1e-6
 
@@ -102,8 +102,8 @@ NEG = dict(seed=3, batch=16, rounds=3, tau=0.05)
 
 
 def cached_negcliploss(pool_dir: str, cache_dir: str) -> dict[str, np.ndarray]:
+    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.pool import Pool
     from datacomp_plugins.scoring import ScoreCache
 
     pool = Pool(pool_dir)
@@ -159,8 +159,8 @@ def test_seed_changes_scores_of_shards_larger_than_b_only(tmp_path, cache_dir):
     flags = negcliploss_flags(pool)
     flags[flags.index("--seed") + 1] = "4"
     assert main([*flags, "--save_path", str(tmp_path / "o.npy"), "--fraction", "0.5"]) == 0
+    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.pool import Pool
     from datacomp_plugins.scoring import ScoreCache
 
     pool_obj = Pool(pool)
@@ -300,7 +300,8 @@ def test_rows_below_the_guard_are_recomputed_but_not_the_rest(monkeypatch):
 
 
 def test_normsim_inf_shard_larger_than_its_blocks_and_a_non_finite_row(tmp_path):
-    from datacomp_plugins import targets
+    from datacomp_plugins.scores import targets
+
     from datacomp_plugins.scoring import NormSimScore
 
     rng = np.random.default_rng(4)
@@ -357,8 +358,8 @@ def test_cached_score_file_of_the_wrong_length_is_recomputed(tmp_path, cache_dir
     written = adversarial_pool(pool)
     flags = [*negcliploss_flags(pool), "--fraction", "0.5"]
     assert main([*flags, "--save_path", str(tmp_path / "a.npy")]) == 0
+    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.pool import Pool
     from datacomp_plugins.scoring import ScoreCache
 
     pool_obj = Pool(pool)
@@ -549,7 +550,7 @@ def test_score_defaults_are_the_command_line_defaults():
 
 
 def test_threshold_keeps_a_score_equal_to_it_and_never_nan():
-    from datacomp_plugins.select import threshold_mask, top_k_mask
+    from datacomp_plugins.select.masks import threshold_mask, top_k_mask
 
     scores = np.array([0.5, np.nan, 0.25, 0.5, -np.inf, 0.75], dtype=np.float32)
     assert threshold_mask(scores, 0.5).tolist() == [True, False, False, True, False, True]
@@ -564,7 +565,7 @@ def test_threshold_keeps_a_score_equal_to_it_and_never_nan():
 @pytest.mark.parametrize("start,target,iterations,want", [
     (5, 5, 3, []), (5, 6, 3, []), (5, 2, 1, [3]), (5, 2, 3, [1, 1, 1]), (7, 2, 2, [3, 2]), (4, 1, 9, [1, 1, 1])])
 def test_drop_schedule_edges(start, target, iterations, want):
-    from datacomp_plugins.dynamic import drop_schedule
+    from datacomp_plugins.scores.dynamic import drop_schedule
 
     assert drop_schedule(start, target, iterations) == want
 
@@ -579,8 +580,8 @@ def test_stale_checksum_and_block_size_against_the_cache(tmp_path, cache_dir, ca
     capsys.readouterr()
     assert main([*flags, "--batch_size", "256", "--save_path", str(tmp_path / "b.npy")]) == 0
     assert "(0 scored, 3 from cache)" in capsys.readouterr().out
+    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.pool import Pool
     from datacomp_plugins.scoring import ScoreCache
 
     pool_obj = Pool(pool)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import make_pool
 
-from datacomp_plugins import precision
 from datacomp_plugins.cli import build_parser, main
+from datacomp_plugins.core import precision
 
 X86_NO_BF16 = ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n\n"
                "processor\t: 1\nflags\t\t: fpu avx2\n")

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from conftest import make_pool
 
-from datacomp_plugins import engine, procs
+from datacomp_plugins import engine
 from datacomp_plugins.cli import main
+from datacomp_plugins.core import procs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from conftest import make_pool
 
-from datacomp_plugins import select, uidtools
 from datacomp_plugins.cli import main
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.uids import (
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.uids import (
     UID_DTYPE,
     dedup_sorted,
     is_sorted_unique,
@@ -28,6 +27,8 @@ from datacomp_plugins.uids import (
     sort_uids,
     sorted_unique,
 )
+from datacomp_plugins.select import masks as select
+from datacomp_plugins.select import uidtools
 
 LOW = 2**64
 A, B, C = 5 * LOW + 9, 5 * LOW + 11, 7 * LOW  # A and B share a high half
@@ -279,7 +280,7 @@ def test_uid_arrays_with_other_field_names_are_read_as_uids(tmp_path):
 
 
 def test_pool_overlap_of_an_array_with_repeats_counts_distinct_uids(tmp_path):
-    from datacomp_plugins.pool import Pool
+    from datacomp_plugins.core.pool import Pool
 
     written = make_pool(str(tmp_path / "pool"), [5])
     hexes = written["00000000"]["uids"]
@@ -289,7 +290,7 @@ def test_pool_overlap_of_an_array_with_repeats_counts_distinct_uids(tmp_path):
 
 
 def test_no_hex_uids_at_all(tmp_path, capsys):
-    from datacomp_plugins.uids import parse_hex
+    from datacomp_plugins.core.uids import parse_hex
 
     for empty in ([], np.array([], dtype=object)):
         parsed = parse_hex(empty)

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_pool, random_hex_uids
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.uids import UID_DTYPE
+from datacomp_plugins.core.uids import UID_DTYPE
 
 
 def as_uid(h: str) -> tuple[int, int]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from datacomp_plugins.apps.compare import compare, default_entries, render
+from datacomp_plugins.apps.toy import KINDS, write_toy_pool
 from datacomp_plugins.cli import main
-from datacomp_plugins.compare import compare, default_entries, render
-from datacomp_plugins.toy import KINDS, write_toy_pool
 
 
 def test_compare_counts_are_consistent(tmp_path):

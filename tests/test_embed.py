@@ -357,7 +357,7 @@ def test_missing_open_clip_names_the_extra(images, tmp_path, capsys, monkeypatch
 
 
 def test_modules_import_without_the_embed_extra():
-    code = ("import sys, datacomp_plugins.embed, datacomp_plugins.commands.embed\n"
+    code = ("import sys, datacomp_plugins.apps.embed, datacomp_plugins.commands.embed\n"
             "heavy = {'torch', 'open_clip', 'PIL', 'webdataset'} & set(sys.modules)\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_pool, random_hex_uids, unit_rows, write_shard
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.uids import UID_DTYPE, parse_hex
+from datacomp_plugins.core.uids import UID_DTYPE, parse_hex
 
 
 def run_cli(*args: str) -> int:
@@ -47,8 +47,8 @@ def test_negcliploss_fraction_and_threshold_match_brute_force_on_cached_scores(t
     common = ["--name", "negcliploss", "--metadata_dir", str(tmp_path / "pool"),
               "--negcliploss_batch_size", "16", "--num_batches", "3", "--temperature", "0.07"]
     assert run_cli(*common, "--save_path", str(tmp_path / "f.npy"), "--fraction", "0.5") == 0
+    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.filtering import FilterConfig, gather, quality_score
-    from datacomp_plugins.pool import Pool
     from datacomp_plugins.scoring import ScoreCache
     pool = Pool(str(tmp_path / "pool"))
     config = FilterConfig("negcliploss", str(tmp_path / "pool"), "x", negcliploss_batch_size=16,

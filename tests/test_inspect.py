@@ -16,8 +16,8 @@ import pytest
 from imagepool import make_image_pool, reshard
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.uids import load_uid_file, parse_hex, save_uid_file, to_hex
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.uids import load_uid_file, parse_hex, save_uid_file, to_hex
 
 TAU = 0.01
 
@@ -323,7 +323,7 @@ def test_page_is_seeded(world, page, tmp_path):
 @pytest.mark.skipif(not os.environ.get("DATACOMP_DIR"), reason="DATACOMP_DIR is not set (DataComp's resharder)")
 def test_page_on_resharded_shards_reads_no_json(world, page, tmp_path, monkeypatch):
     """DataComp's resharder names members <uid>-<j>: the tar headers alone locate every sample."""
-    from datacomp_plugins import shard_images
+    from datacomp_plugins.apps import shard_images
 
     pool, root, cache = world
     resharded = tmp_path / "resharded"
@@ -349,7 +349,7 @@ def test_page_on_resharded_shards_reads_no_json(world, page, tmp_path, monkeypat
 
 
 def test_page_on_toy_pool_shows_scores_only(tmp_path, capsys):
-    from datacomp_plugins.toy import write_toy_pool
+    from datacomp_plugins.apps.toy import write_toy_pool
 
     write_toy_pool(str(tmp_path / "toy"), shards=2, rows=300)
     cache = tmp_path / "cache"
@@ -403,7 +403,7 @@ def test_browser_harness_sees_broken_images_and_console_messages(chromium, tmp_p
     """The checks below can fail: a page with an undecodable image and a console message is caught."""
     from browser import dump_dom
 
-    from datacomp_plugins.inspect_page import SCRIPT
+    from datacomp_plugins.apps.inspect_page import SCRIPT
 
     bad = tmp_path / "bad.html"
     bad.write_text(f'<!DOCTYPE html><html><head>{SCRIPT}</head><body><img data-uid="x" '
@@ -442,7 +442,7 @@ def test_page_in_headless_chromium(world, page, chromium, tmp_path):
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_header_reader_agrees_with_tarfile(tmp_path, fmt):
-    from datacomp_plugins.shard_images import tar_members
+    from datacomp_plugins.apps.shard_images import tar_members
 
     rng = np.random.default_rng(fmt)
     path = tmp_path / "x.tar"

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.uids import load_uid_file, to_hex
+from datacomp_plugins.core.uids import load_uid_file, to_hex
 
 
 def hexes(path) -> set[str]:

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from datacomp_plugins.apps.minicomp import claims
 from datacomp_plugins.cli import main as cli_main
-from datacomp_plugins.minicomp import claims
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_datacomp = pytest.mark.skipif(not os.environ.get("DATACOMP_DIR"), reason="DATACOMP_DIR is not set")
@@ -72,7 +72,7 @@ def test_claim_four_needs_every_comparison():
 @needs_datacomp
 def test_train_argv_has_datacomp_train_py_flags_in_order(tmp_path):
     """Every flag train.py passes to open_clip's main (read from its source), in its order."""
-    from datacomp_plugins.minicomp import student
+    from datacomp_plugins.apps.minicomp import student
 
     source = (Path(os.environ["DATACOMP_DIR"]) / "train.py").read_text()
     flags = []
@@ -137,7 +137,7 @@ def _tasks(out: Path) -> list[str]:
 
 @needs_datacomp
 def test_every_run_folder_holds_a_valid_eval_results_file(quick_runs):
-    from datacomp_plugins.minicomp.run import QUICK_BASELINES
+    from datacomp_plugins.apps.minicomp.run import QUICK_BASELINES
 
     tasks = _tasks(quick_runs)
     assert len(tasks) >= 2
@@ -156,8 +156,8 @@ def test_every_run_folder_holds_a_valid_eval_results_file(quick_runs):
 def test_subset_sizes_and_reshard_are_exact(quick_runs):
     """Subset sizes are the recipes' floor(N*F) (clip_score: DataComp's count); DataComp's resharder wrote
     exactly the subset's samples."""
-    from datacomp_plugins.minicomp.run import pool_uids
-    from datacomp_plugins.uids import load_uid_file, to_hex
+    from datacomp_plugins.apps.minicomp.run import pool_uids
+    from datacomp_plugins.core.uids import load_uid_file, to_hex
 
     n = len(pool_uids(quick_runs))
     column = np.concatenate([pq.read_table(path)["clip_l14_similarity_score"].to_numpy()
@@ -190,7 +190,7 @@ def test_report_md_tables_match_the_results_and_truth(quick_runs):
     """report.md's averages are the mean of the jsonl lines; component shares are recounted from truth/."""
     import pyarrow.parquet as pq
 
-    from datacomp_plugins.uids import load_uid_file, to_hex
+    from datacomp_plugins.core.uids import load_uid_file, to_hex
 
     text = (quick_runs / "report.md").read_text()
     assert (quick_runs / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -213,7 +213,7 @@ def test_student_loads_in_datacomp_create_model_and_matches_a_direct_evaluation(
     """DataComp's create_model loads the student; a plain zero-shot computation gives wds_eval's acc1."""
     import torch
 
-    from datacomp_plugins.minicomp import evaluate, student
+    from datacomp_plugins.apps.minicomp import evaluate, student
 
     runs = quick_runs / "runs"
     student.register_model(runs / "model_configs" / f"{student.STUDENT_MODEL}.json")

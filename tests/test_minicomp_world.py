@@ -100,7 +100,7 @@ def test_component_counts_follow_the_world_shares(quick_world):
 
 def test_captions_of_clean_and_mismatched_and_generic_pairs(quick_world):
     """Clean captions name the sample's words; generic ones come from the world's list; the teacher agrees."""
-    from datacomp_plugins.minicomp.world import load_world
+    from datacomp_plugins.apps.minicomp.world import load_world
 
     world = load_world(str(quick_world / "world.toml"))
     generic = set(world["captions"]["generic"])
@@ -152,7 +152,7 @@ def test_npz_bytes_do_not_carry_a_clock(quick_world):
     ("normsim_d", ["--normsim_fraction", "0.2", "--normsim_d_iters", "20"]),
 ])
 def test_every_baseline_filters_the_world(quick_world, tmp_path, cache_dir, name, extra):
-    from datacomp_plugins.uids import load_uid_file
+    from datacomp_plugins.core.uids import load_uid_file
 
     extra = [str(quick_world / e) if e.startswith("targets/") else e for e in extra]
     out = tmp_path / "uids.npy"
@@ -176,7 +176,7 @@ def _datacomp() -> str:
 
 
 def test_datacomp_resharder_writes_exactly_the_selected_samples(quick_world, tmp_path):
-    from datacomp_plugins.uids import parse_hex, save_uid_file
+    from datacomp_plugins.core.uids import parse_hex, save_uid_file
 
     datacomp = _datacomp()
     all_uids = [u for s in STEMS for u in pq.read_table(quick_world / "metadata" / f"{s}.parquet")["uid"].to_pylist()]
@@ -197,8 +197,8 @@ def test_datacomp_wds_eval_runs_on_the_evalsets_with_a_teacher(quick_world):
     """DataComp's wds_eval.evaluate_webdataset agrees with the build's own zero-shot accuracy."""
     from pathlib import Path
 
-    from datacomp_plugins.minicomp import openclip
-    from datacomp_plugins.minicomp.evaluate import evaluate_checkpoint
+    from datacomp_plugins.apps.minicomp import openclip
+    from datacomp_plugins.apps.minicomp.evaluate import evaluate_checkpoint
 
     datacomp = _datacomp()
     data = manifest(quick_world)
@@ -252,8 +252,8 @@ def _world_with(tmp_path, patch: str):
     """The default world with one table replaced by ``patch`` (TOML text)."""
     import tomllib
 
-    from datacomp_plugins.minicomp.build import world_toml
-    from datacomp_plugins.minicomp.world import DEFAULT_WORLD
+    from datacomp_plugins.apps.minicomp.build import world_toml
+    from datacomp_plugins.apps.minicomp.world import DEFAULT_WORLD
 
     with open(DEFAULT_WORLD, "rb") as handle:
         data = tomllib.load(handle)
@@ -299,7 +299,7 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 
 def test_component_counts_are_exact_for_awkward_shares():
-    from datacomp_plugins.minicomp.world import component_counts
+    from datacomp_plugins.apps.minicomp.world import component_counts
 
     # 7 samples, shares 1/3 1/3 1/3: floors 2 2 2, the one left over goes to the first largest remainder
     counts = component_counts({"clean": 1 / 3, "mismatched": 1 / 3, "off_task": 1 / 3}, 7)
@@ -308,8 +308,8 @@ def test_component_counts_are_exact_for_awkward_shares():
 
 
 def test_default_world_validates_and_its_toml_round_trips(tmp_path):
-    from datacomp_plugins.minicomp.build import world_toml
-    from datacomp_plugins.minicomp.world import load_world
+    from datacomp_plugins.apps.minicomp.build import world_toml
+    from datacomp_plugins.apps.minicomp.world import load_world
 
     for quick in (False, True):
         world = load_world(quick=quick)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_hex_uids, unit_rows, write_shard
+from datacomp_plugins.scores.dynamic import drop_schedule, iterate
+from datacomp_plugins.scores.metrics import normsim2, normsim_inf
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.dynamic import drop_schedule, iterate
-from datacomp_plugins.metrics import normsim2, normsim_inf
-from datacomp_plugins.uids import UID_DTYPE
+from datacomp_plugins.core.uids import UID_DTYPE
 
 
 def test_normsim_scores_match_the_definition():
@@ -71,7 +71,7 @@ def test_normsim_d_matches_brute_force(iters):
 
 
 def test_normsim_d_streams_from_disk_the_same(monkeypatch):
-    import datacomp_plugins.dynamic as dynamic
+    import datacomp_plugins.scores.dynamic as dynamic
 
     rng = np.random.default_rng(5)
     x = unit_rows(rng, 300, 8)

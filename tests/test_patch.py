@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from datacomp_plugins.apps.patch import PATCH_NAME, State, patch_bytes, patch_datacomp
 from datacomp_plugins.cli import main
 from datacomp_plugins.commands.filter import add_plugin_arguments
-from datacomp_plugins.errors import PluginError
+from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.filtering import BASELINES
-from datacomp_plugins.patch import PATCH_NAME, State, patch_bytes, patch_datacomp
 
 REPO = Path(__file__).resolve().parent.parent
 HUNK = re.compile(r"@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@")
@@ -184,7 +184,7 @@ def checkouts(tmp_path_factory) -> dict[str, Path]:
     for key in ("orig", "patched"):
         shutil.copytree(source, paths[key], ignore=shutil.ignore_patterns(".git"))
     assert main(["patch-datacomp", str(paths["patched"])]) == 0
-    from datacomp_plugins.toy import write_toy_pool
+    from datacomp_plugins.apps.toy import write_toy_pool
 
     write_toy_pool(str(base / "toy"), shards=2, rows=500)
     return paths

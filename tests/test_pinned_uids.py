@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datacomp_plugins.apps.toy import write_toy_pool
 from datacomp_plugins.cli import main
-from datacomp_plugins.toy import write_toy_pool
-from datacomp_plugins.uids import parse_hex, sorted_unique, to_hex
+from datacomp_plugins.core.uids import parse_hex, sorted_unique, to_hex
 
 PINS = Path(__file__).parent / "data" / "pinned_uids.json"
 WRITE = os.environ.get("DATACOMP_PLUGINS_WRITE_PINS") == "1"

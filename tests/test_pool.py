@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import make_pool, random_hex_uids, unit_rows, write_shard
 
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.pool import Pool
-from datacomp_plugins.uids import UID_DTYPE
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.pool import Pool
+from datacomp_plugins.core.uids import UID_DTYPE
 
 
 @pytest.mark.parametrize("dtype,compressed", [(np.float16, False), (np.float32, True), (np.float16, True)])

@@ -10,9 +10,9 @@ import pytest
 from conftest import fake_assets
 
 from datacomp_plugins import recipes
+from datacomp_plugins.apps.toy import write_toy_pool
 from datacomp_plugins.cli import main
-from datacomp_plugins.toy import write_toy_pool
-from datacomp_plugins.uids import UID_DTYPE, is_sorted_unique, parse_hex, sorted_unique
+from datacomp_plugins.core.uids import UID_DTYPE, is_sorted_unique, parse_hex, sorted_unique
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from conftest import make_pool, random_hex_uids, unit_rows, write_shard
 from fsspec.implementations.memory import MemoryFileSystem
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.pool import Pool, with_retries
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.pool import Pool, with_retries
 
 
 def cached_scores(cache_dir: str) -> int:
@@ -63,7 +63,7 @@ class FlakyFileSystem(MemoryFileSystem):
 
 @pytest.fixture
 def flaky_pool(monkeypatch):
-    import datacomp_plugins.pool as pool_module
+    import datacomp_plugins.core.pool as pool_module
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     monkeypatch.setattr(pool_module.time, "sleep", lambda _: None)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from datacomp_plugins.select import first_occurrence, threshold_mask, top_k_mask
-from datacomp_plugins.uids import UID_DTYPE
+from datacomp_plugins.core.uids import UID_DTYPE
+from datacomp_plugins.select.masks import first_occurrence, threshold_mask, top_k_mask
 
 
 def brute_top_k(scores, uids, k):

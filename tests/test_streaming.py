@@ -7,9 +7,9 @@ import pytest
 from conftest import make_pool
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.select import top_k_mask
-from datacomp_plugins.streaming import order_key, top_k_streaming
-from datacomp_plugins.uids import UID_DTYPE, sorted_unique
+from datacomp_plugins.core.uids import UID_DTYPE, sorted_unique
+from datacomp_plugins.select.masks import top_k_mask
+from datacomp_plugins.select.streaming import order_key, top_k_streaming
 
 
 def test_order_key_preserves_float_order():

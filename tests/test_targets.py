@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import fake_assets, make_pool
+from datacomp_plugins.scores import targets
 
-from datacomp_plugins import targets
 from datacomp_plugins.cli import main
-from datacomp_plugins.errors import PluginError
+from datacomp_plugins.core.errors import PluginError
 
 
 def rows(n=6, d=8, seed=0):
@@ -58,7 +58,7 @@ def test_bad_targets_through_the_cli(tmp_path, cache_dir, capsys, monkeypatch, c
     spec, message = BAD_TARGETS[case]
     target = spec(tmp_path)
     out = tmp_path / "out.npy"
-    from datacomp_plugins import pool as pool_module  # a pool of 8-d "l14" embeddings keeps the test small
+    from datacomp_plugins.core import pool as pool_module  # a pool of 8-d "l14" embeddings keeps the test small
 
     monkeypatch.setitem(pool_module.ARCH_DIMS, "l14", 8)
     code = main(["filter", "--no_progress", "--name", "normsiminf", "--metadata_dir", str(tmp_path / "pool"),

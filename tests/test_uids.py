@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from datacomp_plugins.errors import PluginError
-from datacomp_plugins.uids import (
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.uids import (
     UID_DTYPE,
     load_uid_file,
     parse_hex,

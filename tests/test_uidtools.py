@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_pool
 
-from datacomp_plugins import uidtools
 from datacomp_plugins.cli import main
-from datacomp_plugins.uids import UID_DTYPE, parse_hex, sort_uids, sorted_unique, to_hex
+from datacomp_plugins.core.uids import UID_DTYPE, parse_hex, sort_uids, sorted_unique, to_hex
+from datacomp_plugins.select import uidtools
 
 LOW = 2**64
 

@@ -41,7 +41,7 @@ READ = """
 import json, resource, sys, time
 import numpy as np
 started = time.perf_counter()
-from datacomp_plugins.pool_scores import PoolScores, ScoreSettings
+from datacomp_plugins.apps.pool_scores import PoolScores, ScoreSettings
 scores = PoolScores(ScoreSettings(sys.argv[1], cache_dir=sys.argv[2], progress=False))
 opened = time.perf_counter()
 rows = 0
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=11)
     parser.add_argument("--rows", type=int, default=10000)
     args = parser.parse_args()
-    from datacomp_plugins.toy import write_toy_pool
+    from datacomp_plugins.apps.toy import write_toy_pool
 
     root = args.dir
     metadata, shards, truth, cache = (os.path.join(root, n) for n in ("toy/metadata", "shards", "truth", "cache"))

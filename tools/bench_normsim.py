@@ -22,9 +22,8 @@ import time
 
 import numpy as np
 import torch
-
-from datacomp_plugins.dynamic import drop_schedule, iterate
-from datacomp_plugins.metrics import normsim2, normsim_inf
+from datacomp_plugins.scores.dynamic import drop_schedule, iterate
+from datacomp_plugins.scores.metrics import normsim2, normsim_inf
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
+from datacomp_plugins.apps.toy import write_toy_pool
+from datacomp_plugins.core.pool import Pool
 from datacomp_plugins.filtering import FilterConfig, gather, quality_score, run_filter
-from datacomp_plugins.pool import Pool
 from datacomp_plugins.scoring import ScoreCache
-from datacomp_plugins.toy import write_toy_pool
 
 
 def ranks(x: np.ndarray) -> np.ndarray:

@@ -23,13 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datacomp_plugins.fileio import atomic_save_npy
-from datacomp_plugins.uids import UID_DTYPE, sorted_unique, to_hex
+from datacomp_plugins.core.fileio import atomic_save_npy
+from datacomp_plugins.core.uids import UID_DTYPE, sorted_unique, to_hex
 
 CHILD = """
 import json, resource, sys, time
 from datacomp_plugins.cli import main
-import datacomp_plugins.uidtools, datacomp_plugins.commands.uids
+import datacomp_plugins.select.uidtools, datacomp_plugins.commands.uids
 argv = sys.argv[1:]
 before = resource.getrusage(resource.RUSAGE_SELF)
 started = time.perf_counter()

@@ -12,7 +12,7 @@ float32 overflow. Four reports:
   last batch, we split the shard into equal batches). Each side runs as it would for a user: ours in this
   process with the package's settings, the port in its own process with PyTorch's defaults
   (``--port_env thp`` gives the port our allocator setting too);
-- uid parsing alone: the per-uid Python loop against ``datacomp_plugins.uids.parse_hex``, same column;
+- uid parsing alone: the per-uid Python loop against ``datacomp_plugins.core.uids.parse_hex``, same column;
 - overflow: a pair with similarity 1.0 at T = 0.01 gives exp(100) > float32 max, so the port scores it
   -inf/NaN (and drops the best-aligned sample), while ours stays finite;
 - agreement: Spearman correlation of the two score columns on the benchmark pool (high, not exact: the
@@ -42,10 +42,10 @@ import pyarrow.parquet as pq
 import torch
 from bench_negcliploss import write_pool  # tools/ is on sys.path when this file runs as a script
 
+from datacomp_plugins.core.pool import Pool
+from datacomp_plugins.core.uids import UID_DTYPE, parse_hex
 from datacomp_plugins.filtering import FilterConfig, gather, quality_score, run_filter
-from datacomp_plugins.pool import Pool
 from datacomp_plugins.scoring import ScoreCache
-from datacomp_plugins.uids import UID_DTYPE, parse_hex
 
 DIM = 768  # L/14
 IMAGE_KEY, TEXT_KEY, SCORE_COLUMN = "l14_img", "l14_txt", "clip_l14_similarity_score"

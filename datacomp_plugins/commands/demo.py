@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datacomp_plugins.compare import compare, default_entries, render
-    from datacomp_plugins.select import check_fraction
+    from datacomp_plugins.apps.compare import compare, default_entries, render
+    from datacomp_plugins.select.masks import check_fraction
 
     check_fraction(args.fraction, "--fraction")
     check_fraction(args.normsim_fraction, "--normsim_fraction")

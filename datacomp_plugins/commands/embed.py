@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler: all checks and the work live in :mod:`datacomp_plugins.embed`."""
-    from datacomp_plugins.embed import run_embed
+    """Handler: all checks and the work live in :mod:`datacomp_plugins.apps.embed`."""
+    from datacomp_plugins.apps.embed import run_embed
 
     run_embed(
         model=args.model, pretrained=args.pretrained, images=args.images, out=args.out,

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
+from datacomp_plugins.core.pool import ARCH_DIMS
 from datacomp_plugins.filtering import BASELINES, ENGINES, MISSING_SCORE, PRECISIONS, QUALITY_SCORES, FilterConfig
-from datacomp_plugins.pool import ARCH_DIMS
 from datacomp_plugins.scoring import CACHE_ENV
 
 

@@ -31,11 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datacomp_plugins.apps.inspect_page import build_page
+    from datacomp_plugins.apps.pool_scores import PoolScores
     from datacomp_plugins.commands.scores import settings_from_args
-    from datacomp_plugins.errors import PluginError
-    from datacomp_plugins.fileio import check_writable
-    from datacomp_plugins.inspect_page import build_page
-    from datacomp_plugins.pool_scores import PoolScores
+    from datacomp_plugins.core.errors import PluginError
+    from datacomp_plugins.core.fileio import check_writable
 
     if not 1 <= len(args.files) <= 2:
         raise PluginError(f"inspect: expected one or two uid files, got {len(args.files)}")

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--workers", type=_positive_int, default=None, help="rendering processes (None: one per CPU)")
     build.add_argument("--no_progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=run_build)
-    from datacomp_plugins.minicomp import run as minicomp_run
+    from datacomp_plugins.apps.minicomp import run as minicomp_run
 
     run = sub.add_parser(
         "run", formatter_class=DefaultsHelpFormatter,
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Handler of ``minicomp build``."""
-    from datacomp_plugins.minicomp.build import build
+    from datacomp_plugins.apps.minicomp.build import build
 
     build(args.out, world_path=args.world, quick=args.quick, seed=args.seed, workers=args.workers,
           progress=not args.no_progress)

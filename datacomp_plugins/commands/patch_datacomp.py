@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from datacomp_plugins.apps.patch import DATACOMP_COMMIT
 from datacomp_plugins.commands import DefaultsHelpFormatter
-from datacomp_plugins.patch import DATACOMP_COMMIT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datacomp_plugins.patch import patch_datacomp
+    from datacomp_plugins.apps.patch import patch_datacomp
 
     print(patch_datacomp(args.path, check=args.check).message())
     return 0

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datacomp_plugins import recipes
-    from datacomp_plugins.errors import PluginError
+    from datacomp_plugins.core.errors import PluginError
 
     if args.list:
         for name in recipes.available():

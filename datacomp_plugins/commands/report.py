@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate every run before writing anything, so bad input leaves no output files."""
-    from datacomp_plugins import report
+    from datacomp_plugins.apps import report
 
     rows = report.build_rows(args.runs, allow_partial=args.partial, with_paper=args.paper)
     print(report.render_markdown(rows), end="")

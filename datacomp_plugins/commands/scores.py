@@ -6,7 +6,7 @@ import argparse
 import time
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
-from datacomp_plugins.pool import ARCH_DIMS
+from datacomp_plugins.core.pool import ARCH_DIMS
 
 
 def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> None:
@@ -31,7 +31,7 @@ def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> No
 
 def settings_from_args(args: argparse.Namespace, metadata_dir: str):
     """ScoreSettings from parsed flags (``--scores`` checked here, before any work)."""
-    from datacomp_plugins.pool_scores import ScoreSettings, parse_score_names
+    from datacomp_plugins.apps.pool_scores import ScoreSettings, parse_score_names
 
     return ScoreSettings(
         metadata_dir=metadata_dir, arch=args.arch, scores=parse_score_names(args.scores, args.target),
@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datacomp_plugins.fileio import check_writable
-    from datacomp_plugins.pool_scores import PoolScores, write_parquet
+    from datacomp_plugins.apps.pool_scores import PoolScores, write_parquet
+    from datacomp_plugins.core.fileio import check_writable
 
     started = time.perf_counter()
     settings = settings_from_args(args, args.metadata_dir)

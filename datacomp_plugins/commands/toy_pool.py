@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datacomp_plugins.ranges import SEED, TOY_ROWS, TOY_SHARDS
-    from datacomp_plugins.toy import write_toy_pool
+    from datacomp_plugins.apps.toy import write_toy_pool
+    from datacomp_plugins.core.ranges import SEED, TOY_ROWS, TOY_SHARDS
 
     TOY_SHARDS.check(args.shards, "--shards")
     TOY_ROWS.check(args.rows, "--rows")

@@ -86,16 +86,17 @@ def _warn(message: str) -> None:
 
 
 def _hex(uids, row: int) -> str:
-    from datacomp_plugins.uids import to_hex
+    from datacomp_plugins.core.uids import to_hex
 
     return to_hex(uids[row : row + 1])[0].decode() if len(uids) else "-"
 
 
 def run_info(args: argparse.Namespace) -> int:
     """Report on the file as stored; the pool overlap uses its sorted unique uids."""
-    from datacomp_plugins import provenance, uidtools
-    from datacomp_plugins.pool import Pool
-    from datacomp_plugins.uids import read_uid_file, sorted_unique
+    from datacomp_plugins import provenance
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.core.uids import read_uid_file, sorted_unique
+    from datacomp_plugins.select import uidtools
 
     started = time.perf_counter()
     pool = Pool(args.metadata_dir) if args.metadata_dir is not None else None  # refuse a bad pool early
@@ -126,9 +127,10 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_set_operation(args: argparse.Namespace) -> int:
     """Load every input (fixing order with a warning) before computing, then write atomically."""
-    from datacomp_plugins import provenance, uidtools
-    from datacomp_plugins.fileio import check_writable
-    from datacomp_plugins.uids import read_uid_file
+    from datacomp_plugins import provenance
+    from datacomp_plugins.core.fileio import check_writable
+    from datacomp_plugins.core.uids import read_uid_file
+    from datacomp_plugins.select import uidtools
 
     started = time.perf_counter()
     check_writable(args.output, "-o")
@@ -151,9 +153,10 @@ def run_set_operation(args: argparse.Namespace) -> int:
 
 def run_from_hex(args: argparse.Namespace) -> int:
     """Parse everything before writing, so a malformed uid leaves no output."""
-    from datacomp_plugins import provenance, uidtools
-    from datacomp_plugins.fileio import check_writable
-    from datacomp_plugins.uids import sorted_unique
+    from datacomp_plugins import provenance
+    from datacomp_plugins.core.fileio import check_writable
+    from datacomp_plugins.core.uids import sorted_unique
+    from datacomp_plugins.select import uidtools
 
     started = time.perf_counter()
     check_writable(args.output, "-o")
@@ -168,8 +171,8 @@ def run_from_hex(args: argparse.Namespace) -> int:
 
 def run_to_hex(args: argparse.Namespace) -> int:
     """Sorted unique hex text, whatever the input's order."""
-    from datacomp_plugins import uidtools
-    from datacomp_plugins.fileio import check_writable
+    from datacomp_plugins.core.fileio import check_writable
+    from datacomp_plugins.select import uidtools
 
     started = time.perf_counter()
     check_writable(args.output, "-o")

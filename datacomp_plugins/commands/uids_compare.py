@@ -26,7 +26,7 @@ def register_compare(add: Callable[[str, str, str], argparse.ArgumentParser]) ->
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from datacomp_plugins import subsets
+    from datacomp_plugins.select import subsets
 
     started = time.perf_counter()
     paths = [args.first, *args.others]
@@ -38,7 +38,7 @@ def run_compare(args: argparse.Namespace) -> int:
     arrays = subsets.load_all(paths, lambda message: print(f"warning: {message}", file=sys.stderr))
     pool_scores = None
     if settings is not None:
-        from datacomp_plugins.pool_scores import PoolScores
+        from datacomp_plugins.apps.pool_scores import PoolScores
 
         pool_scores = PoolScores(settings)
     result = subsets.compare(paths, arrays, pool_scores)

@@ -1,0 +1,1 @@
+"""Applications built on the pipeline: toy pool, report, compare, embed, DataComp patch, inspect, mini DataComp."""

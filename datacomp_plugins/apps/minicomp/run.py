@@ -1,0 +1,345 @@
+"""``minicomp run``: for each baseline, filter -> DataComp's resharder -> a student -> DataComp's evaluation.
+
+Layout under the runs folder (default ``OUT/runs``)::
+
+    <baseline>/uids.npy            the subset, written by the package's own filter / recipes
+    <baseline>/shards/             DataComp's resharder.py output for it
+    <baseline>/times.json          wall time of the filter and resharder stages
+    <baseline>/seed<k>/run.json    the settings of this student (a rerun with other settings is refused)
+    <baseline>/seed<k>/train/      open_clip_train's folder (checkpoints/epoch_latest.pt, out.log)
+    <baseline>/seed<k>/eval_results.jsonl   DataComp's results file, one line per task; written last
+
+A (baseline, seed) pair is done when its ``eval_results.jsonl`` exists; a rerun skips it. A pair killed while
+training resumes from its last finished epoch (``--resume latest``) and ends with the same checkpoint as an
+uninterrupted run (see ``student.py``). Every stage writes to a temporary name and renames when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.fileio import atomic_open
+
+DEFAULT_BASELINES = (
+    "no_filter",
+    "random_30",
+    "clip_score_30",
+    "negcliploss_30",
+    "negcliploss_normsiminf_target",
+    "negcliploss_normsim2_target",
+    "negcliploss_normsim_d",
+)
+QUICK_BASELINES = ("no_filter", "clip_score_30", "negcliploss_30", "negcliploss_normsiminf_target")
+
+# baseline -> (recipe in baselines/, overrides of its [filter] table); None: made here from the pool's uids
+RECIPES: dict[str, tuple[str, dict] | None] = {
+    "no_filter": None,
+    "random_30": None,
+    "clip_score_30": ("clipscore_30", {}),
+    "negcliploss_30": ("negcliploss_30", {}),
+    "negcliploss_normsiminf_target": ("negcliploss_normsiminf_target", {}),
+    "negcliploss_normsim2_target": ("negcliploss_normsiminf_target", {"name": "normsim2"}),
+    "negcliploss_normsim_d": ("negcliploss_normsim2d", {}),
+}
+RANDOM_FRACTION = 0.3
+RESULTS_FILE = "eval_results.jsonl"
+RESHARD_SHARD_SIZE = 1024  # small output shards, so --dataset-resampled mixes many of them
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class RunSettings:
+    out: Path
+    runs_dir: Path
+    baselines: list[str]
+    seeds: list[int]
+    scale_name: str
+    train_num_samples: int
+    subsets: dict[str, Path] = field(default_factory=dict)
+    progress: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``minicomp run``."""
+    parser.add_argument("out", metavar="OUT", help="the world folder written by 'minicomp build'")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"1 seed, {len(QUICK_BASELINES)} baselines, short training (the CI run)")
+    parser.add_argument("--seeds", type=int, default=None, help="students per baseline, seeds 0..N-1 (default 3; "
+                        "--quick: 1)")
+    parser.add_argument("--baselines", default=None,
+                        help=f"comma-separated, from {', '.join(DEFAULT_BASELINES)} (default: all; --quick: "
+                             f"{', '.join(QUICK_BASELINES)}; '' with --subset: the subsets alone)")
+    parser.add_argument("--subset", action="append", default=[], metavar="NAME=uids.npy",
+                        help="also train and evaluate on this uid file (repeatable)")
+    parser.add_argument("--samples_seen", type=int, default=None,
+                        help="samples seen by every student (default: the scale config's train_num_samples)")
+    parser.add_argument("--runs_dir", default=None, help="where the runs go (default: OUT/runs)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Validate the flags against OUT before any work starts."""
+    from datacomp_plugins.apps.minicomp.student import SCALE_CONFIGS
+
+    out = Path(args.out)
+    if not (out / "metadata").is_dir() or not (out / "shards").is_dir():
+        raise PluginError(f"{out}: not a minicomp world (no metadata/ or shards/); build it with 'minicomp build'")
+    if args.baselines is None:
+        baselines = list(QUICK_BASELINES if args.quick else DEFAULT_BASELINES)
+    else:
+        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+        unknown = [b for b in baselines if b not in RECIPES]
+        if unknown:
+            raise PluginError(f"--baselines {args.baselines}: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    if seeds < 1:
+        raise PluginError(f"--seeds {seeds}: expected at least 1")
+    scale_name = "minicomp_quick" if args.quick else "minicomp"
+    samples = args.samples_seen if args.samples_seen is not None else SCALE_CONFIGS[scale_name]["train_num_samples"]
+    scale = SCALE_CONFIGS[scale_name]
+    if samples < scale["batch_size"] * scale["num_checkpoints"]:
+        raise PluginError(f"--samples_seen {samples}: expected at least batch size x checkpoints = "
+                          f"{scale['batch_size'] * scale['num_checkpoints']}")
+    subsets = {}
+    for item in args.subset:
+        name, sep, path = item.partition("=")
+        if not sep or not _NAME.match(name) or not path:
+            raise PluginError(f"--subset {item}: expected NAME=path/to/uids.npy (NAME of letters, digits, _ . -)")
+        if name in RECIPES or name in subsets:
+            raise PluginError(f"--subset {item}: the name {name} is already taken; choose another NAME")
+        subsets[name] = Path(path)
+        _check_subset_file(item, Path(path))
+    if not baselines and not subsets:
+        raise PluginError("--baselines is empty and no --subset given: nothing to run")
+    runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
+    return RunSettings(out, runs_dir, baselines, list(range(seeds)), scale_name, samples, subsets,
+                       not args.no_progress)
+
+
+def _check_subset_file(flag: str, path: Path) -> np.ndarray:
+    from datacomp_plugins.core.uids import load_uid_file
+
+    try:
+        uids = np.asarray(load_uid_file(str(path), fix=False))
+    except PluginError as exc:
+        raise PluginError(f"--subset {flag}: {exc}") from None
+    if len(uids) == 0:
+        raise PluginError(f"--subset {flag}: {path} holds no uids")
+    return uids
+
+
+def pool_uids(out: Path) -> np.ndarray:
+    """Every uid of the pool's metadata, sorted and unique (DataComp's uid dtype)."""
+    import pyarrow.parquet as pq
+
+    from datacomp_plugins.core.uids import parse_hex, sorted_unique
+
+    files = sorted((out / "metadata").glob("*.parquet"))
+    if not files:
+        raise PluginError(f"{out / 'metadata'}: no .parquet metadata")
+    parts = [parse_hex(pq.read_table(f, columns=["uid"]).column("uid"), str(f)) for f in files]
+    return sorted_unique(np.concatenate(parts))
+
+
+def nested_target(out: Path, runs_dir: Path) -> Path:
+    """The NormSim target: the L/14 teacher's embeddings of every task's train split (the paper's "Target").
+
+    ``MANIFEST.json``'s ``targets`` lists ``{"file", "arch", "task", ...}``; the entry of task ``all`` is that
+    union. Without one, the per-task l14 files are concatenated into ``<runs>/target_l14.npy``.
+    """
+    manifest_path = out / "MANIFEST.json"
+    try:
+        entries = json.loads(manifest_path.read_text())["targets"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PluginError(f"{manifest_path}: cannot read its \"targets\" list ({exc})") from None
+    l14 = [e for e in entries if isinstance(e, dict) and e.get("arch") == "l14" and e.get("file")]
+    union = [e for e in l14 if e.get("task") == "all"]
+    chosen = [out / e["file"] for e in (union[:1] or l14)]
+    for path in chosen:
+        if not path.is_file():
+            raise PluginError(f"{manifest_path}: target {path} is listed but missing")
+    if not chosen:
+        raise PluginError(f"{manifest_path}: no l14 entry under \"targets\" (the NormSim baselines need one)")
+    if len(chosen) == 1:
+        return chosen[0]
+    from datacomp_plugins.core.fileio import atomic_save_npy
+
+    path = runs_dir / "target_l14.npy"
+    atomic_save_npy(str(path), np.concatenate([np.load(p, allow_pickle=False).astype(np.float32) for p in chosen]))
+    return path
+
+
+def make_subset(settings: RunSettings, baseline: str, save_path: Path) -> str:
+    """Write the baseline's uid file with the package's own filter / recipes; returns the summary line."""
+    from datacomp_plugins import recipes
+    from datacomp_plugins.core.uids import save_uid_file
+
+    out = settings.out
+    if baseline in settings.subsets:
+        uids = _check_subset_file(f"{baseline}={settings.subsets[baseline]}", settings.subsets[baseline])
+        count = save_uid_file(str(save_path), uids)
+        return f"{baseline}: {count} uids from {settings.subsets[baseline]}"
+    spec = RECIPES[baseline]
+    if spec is None:
+        uids = pool_uids(out)
+        if baseline == "random_30":
+            keep = int(np.floor(len(uids) * RANDOM_FRACTION))
+            uids = uids[np.sort(np.random.default_rng(0).choice(len(uids), keep, replace=False))]
+        count = save_uid_file(str(save_path), uids)
+        return f"{baseline}: kept {count} samples"
+    name, overrides = spec
+    recipe = recipes.load(name)
+    values = {}
+    if "target" in recipe.placeholders():
+        values["target"] = str(nested_target(out, settings.runs_dir))
+    overrides = {**overrides, "cache_dir": str(settings.runs_dir / ".score-cache"), "progress": False}
+    return recipes.run(recipe, str(out / "metadata"), str(save_path), values, overrides)
+
+
+def reshard(datacomp: Path, shards: Path, uids: Path, output: Path, log_path: Path) -> int:
+    """DataComp's resharder.py, untouched, in a child process; returns the number of samples written."""
+    if output.is_dir():
+        return _resharded_count(output)
+    tmp = output.with_name(output.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    command = [sys.executable, str(datacomp / "resharder.py"), "-i", str(shards), "-o", str(tmp), "-s", str(uids),
+               "-j", "1", "--shard-size", str(RESHARD_SHARD_SIZE)]
+    with open(log_path, "wb") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(datacomp))
+    if result.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise PluginError(f"DataComp's resharder.py failed (exit status {result.returncode}); see {log_path}:\n"
+                          + "\n".join(tail))
+    os.replace(tmp, output)
+    return _resharded_count(output)
+
+
+def _resharded_count(folder: Path) -> int:
+    total = 0
+    for stats in sorted(folder.glob("*_stats.json")):
+        total += int(json.loads(stats.read_text()).get("successes", 0))
+    return total
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_open(str(path), "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, data_dir: Path,
+             uids_sha: str) -> dict:
+    """Train and evaluate one student; returns its stage times. Skipped (times read back) when done."""
+    from datacomp_plugins.apps.minicomp import evaluate, student
+
+    folder = settings.runs_dir / baseline / f"seed{seed}"
+    results = folder / RESULTS_FILE
+    times_path = folder / "times.json"
+    scale = dict(student.SCALE_CONFIGS[settings.scale_name])
+    wanted = {"baseline": baseline, "seed": seed, "scale": settings.scale_name, "scale_config": scale,
+              "train_num_samples": settings.train_num_samples, "student": student.STUDENT_CONFIG,
+              "uids_sha256": uids_sha, "train_defaults": student.TRAIN_DEFAULTS}
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        recorded = json.loads(run_json.read_text())
+        if recorded != json.loads(json.dumps(wanted)):
+            raise PluginError(f"{folder}: was run with other settings ({run_json}); remove the folder or rerun "
+                              "with the same flags")
+    if results.is_file():
+        return json.loads(times_path.read_text()) if times_path.is_file() else {}
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(run_json, wanted)
+    config_path = student.write_model_config(settings.runs_dir / "model_configs")
+    times: dict = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    start = time.perf_counter()
+    argv = student.train_argv(data_dir, folder, "train", scale, seed, settings.train_num_samples)
+    student.train(argv, config_path, seed, folder / "train.log")
+    times["train"] = times.get("train", 0.0) + time.perf_counter() - start
+    _write_json(times_path, times)
+    start = time.perf_counter()
+    student.register_model(config_path)
+    checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
+    tasks = evaluate.list_tasks(settings.out / "evalsets")
+    records = evaluate.evaluate_checkpoint(datacomp, scale["model"], checkpoint, settings.out / "evalsets", tasks)
+    times["eval"] = time.perf_counter() - start
+    _write_json(times_path, times)
+    with atomic_open(str(results), "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return times
+
+
+def run_all(settings: RunSettings) -> list[str]:
+    """Every (baseline, seed) pair, then the report; returns the summary lines."""
+    from tqdm import tqdm
+
+    from datacomp_plugins.apps.minicomp import runreport, student
+
+    datacomp = student.datacomp_dir()
+    names = settings.baselines + list(settings.subsets)
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    pairs = [(b, s) for b in names for s in settings.seeds]
+    bar = tqdm(total=len(pairs), desc="minicomp run", unit="student", disable=not settings.progress)
+    for baseline in names:
+        folder = settings.runs_dir / baseline
+        folder.mkdir(parents=True, exist_ok=True)
+        times_path = folder / "times.json"
+        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+        uids_path = folder / "uids.npy"
+        if not uids_path.is_file():
+            start = time.perf_counter()
+            bar.set_postfix_str(f"{baseline}: filter")
+            lines.append(make_subset(settings, baseline, uids_path))
+            times["filter"] = time.perf_counter() - start
+            _write_json(times_path, times)
+        if not (folder / "shards").is_dir():
+            start = time.perf_counter()
+            bar.set_postfix_str(f"{baseline}: reshard")
+            reshard(datacomp, settings.out / "shards", uids_path, folder / "shards", folder / "resharder.log")
+            times["reshard"] = time.perf_counter() - start
+            _write_json(times_path, times)
+        uids_sha = _sha256(uids_path)
+        for seed in settings.seeds:
+            bar.set_postfix_str(f"{baseline} seed {seed}: train + eval")
+            run_pair(settings, datacomp, baseline, seed, folder / "shards", uids_sha)
+            bar.update(1)
+    bar.close()
+    # the world's report for its default runs folder; a report of another runs folder stays in that folder
+    report_dir = settings.out if settings.runs_dir.resolve() == (settings.out / "runs").resolve() else settings.runs_dir
+    written = runreport.write_report(settings.out, settings.runs_dir, names, settings.seeds, report_dir)
+    lines.append(f"{len(pairs)} students ({len(names)} subsets x {len(settings.seeds)} seeds); report: "
+                 + ", ".join(written))
+    return lines
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Handler of ``minicomp run``."""
+    from datacomp_plugins.apps.minicomp.student import datacomp_dir
+
+    settings = settings_from_args(args)
+    datacomp_dir()  # a missing DATACOMP_DIR fails before any work
+    start = time.perf_counter()
+    for line in run_all(settings):
+        print(line)
+    print(f"minicomp run: done in {time.perf_counter() - start:.0f} s")
+    return 0

@@ -1,0 +1,167 @@
+"""Every sample's scores, out of the score cache: one table per pool, for ``scores``, ``compare`` and ``inspect``.
+
+A filter keeps or drops samples by score; to look at what it did one needs the scores themselves. They come
+from the same per-shard cache the filter reads (computed there first when missing, with the filter's
+parameters), and are handed out shard by shard so a pool larger than memory can be written out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.pool import ARCH_DIMS, Pool, Shard
+from datacomp_plugins.core.uids import UID_DTYPE
+from datacomp_plugins.filtering import FilterConfig, quality_score, score_pool
+from datacomp_plugins.scoring import Score, ScoreCache, default_cache_dir
+
+SCORE_NAMES = ("clip_score", "negcliploss", "normsim2", "normsiminf")
+DEFAULT_SCORES = ("clip_score", "negcliploss")
+
+
+@dataclass
+class ScoreSettings:
+    """What the scores depend on; names and defaults as in ``filter``, so both share cache entries."""
+
+    metadata_dir: str
+    arch: str = "l14"
+    scores: tuple[str, ...] = DEFAULT_SCORES
+    target: str | None = None
+    target_key: str | None = None
+    num_batches: int = 10
+    negcliploss_batch_size: int = 32768
+    temperature: float = 0.01
+    seed: int = 0
+    precision: str = "fp32"
+    num_workers: int = 1
+    num_gpus: int = 0
+    batch_size: int = 0
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+def parse_score_names(text: str | None, target: str | None, flag: str = "--scores") -> tuple[str, ...]:
+    """``a,b`` -> names; default clip_score and negcliploss, plus both NormSims when a target is given."""
+    if text is None:
+        return DEFAULT_SCORES + (("normsim2", "normsiminf") if target else ())
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise PluginError(f"{flag} {text!r}: expected comma-separated score names from {list(SCORE_NAMES)}")
+    unknown = [n for n in names if n not in SCORE_NAMES]
+    if unknown:
+        raise PluginError(f"{flag}: unknown score(s) {unknown}; choose from {list(SCORE_NAMES)}")
+    if any(n.startswith("normsim") for n in names) and not target:
+        raise PluginError(f"{flag}: normsim2/normsiminf need --target (in1k, or a file or folder of target "
+                          "image embeddings)")
+    return names
+
+
+def _config(settings: ScoreSettings, name: str) -> FilterConfig:
+    return FilterConfig(
+        name=name if name.startswith("normsim") else "negcliploss", metadata_dir=settings.metadata_dir,
+        save_path="-", arch=settings.arch, fraction=1.0, num_workers=settings.num_workers,
+        num_gpus=settings.num_gpus, batch_size=settings.batch_size, num_batches=settings.num_batches,
+        negcliploss_batch_size=settings.negcliploss_batch_size, temperature=settings.temperature,
+        seed=settings.seed, precision=settings.precision, cache_dir=settings.cache_dir, target=settings.target,
+        target_key=settings.target_key, normsim_fraction=1.0 if name.startswith("normsim") else None,
+        progress=settings.progress)
+
+
+def check_settings(settings: ScoreSettings) -> None:
+    """The flag checks that need no data."""
+    if settings.arch not in ARCH_DIMS:
+        raise PluginError(f"--arch {settings.arch}: expected one of {sorted(ARCH_DIMS)}")
+    for flag in ("num_batches", "negcliploss_batch_size"):
+        if getattr(settings, flag) < 1:
+            raise PluginError(f"--{flag} {getattr(settings, flag)}: must be at least 1")
+    if not (settings.temperature > 0 and math.isfinite(settings.temperature)):
+        raise PluginError(f"--temperature {settings.temperature}: must be a positive number")
+    if settings.num_workers < 0 or settings.num_gpus < 0 or settings.batch_size < 0:
+        raise PluginError("--num_workers, --num_gpus and --batch_size must not be negative")
+
+
+class PoolScores:
+    """A pool, its cache and the Score objects for the requested names, scored (cached) on construction."""
+
+    def __init__(self, settings: ScoreSettings) -> None:
+        from datacomp_plugins.filtering import _relevance_score
+
+        check_settings(settings)
+        self.settings = settings
+        self.pool = Pool(settings.metadata_dir)
+        self.cache = ScoreCache(settings.cache_dir or default_cache_dir(), self.pool)
+        self.names = tuple(settings.scores)
+        objects: list[Score] = []
+        for name in self.names:
+            config = _config(settings, name)
+            if name.startswith("normsim"):
+                objects.append(_relevance_score(config, self.cache, self.pool))
+            else:
+                objects.append(quality_score(config, name))
+        self.objects = tuple(objects)
+        self.shards_scored = score_pool(self.pool, self.cache, self.objects, _config(settings, "scores"))
+
+    def shards(self) -> Iterator[tuple[Shard, np.ndarray, dict[str, np.ndarray]]]:
+        """(shard, uids, {name: float32 values}) per shard, in stem order, memory-mapped from the cache."""
+        for shard in self.pool.shards:
+            uids = self.cache.load_uids(shard, verify=False)
+            if uids is None:
+                raise PluginError(f"score cache {self.cache.folder(shard)}: uids missing after scoring")
+            values = {}
+            for name, score in zip(self.names, self.objects, strict=True):
+                column = self.cache.load_score(shard, score, len(uids), verify=False)
+                if column is None:
+                    raise PluginError(f"score cache {self.cache.folder(shard)}: {name} missing after scoring")
+                values[name] = column
+            yield shard, uids, values
+
+    def gather(self) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """Pool-wide uids, score columns and each row's shard index (for pages of a pool that fits memory)."""
+        uids, shard_index = [], []
+        columns: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
+        for index, (_, shard_uids, values) in enumerate(self.shards()):
+            uids.append(np.asarray(shard_uids))
+            shard_index.append(np.full(len(shard_uids), index, dtype=np.int32))
+            for name in self.names:
+                columns[name].append(np.asarray(values[name]))
+        joined = {n: (np.concatenate(c) if c else np.zeros(0, np.float32)) for n, c in columns.items()}
+        return ((np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE)), joined,
+                np.concatenate(shard_index) if shard_index else np.zeros(0, np.int32))
+
+
+def write_parquet(scores: PoolScores, out: str, progress: bool = True) -> int:
+    """One row per pool row (hex ``uid`` + one float32 column per score), one row group per shard, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from datacomp_plugins.core.fileio import atomic_open
+    from datacomp_plugins.core.uids import to_hex
+
+    schema = pa.schema([("uid", pa.string())] + [(name, pa.float32()) for name in scores.names])
+    rows = 0
+    with atomic_open(out, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        for _, uids, values in tqdm(scores.shards(), total=len(scores.pool.shards), desc="writing scores",
+                                    unit="shard", disable=not progress):
+            hexes = pa.array(to_hex(np.asarray(uids))).cast(pa.string())
+            table = pa.table([hexes] + [pa.array(np.asarray(values[n]), type=pa.float32()) for n in scores.names],
+                             schema=schema)
+            writer.write_table(table)
+            rows += len(uids)
+    return rows
+
+
+def quantiles(values: np.ndarray, qs: Sequence[float] = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)) -> dict:
+    """Count, NaN count and quantiles (linear interpolation, float64) of the finite values."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    out: dict = {"count": int(len(values)), "not_scorable": int(len(values) - len(finite))}
+    if len(finite):
+        out["mean"] = float(finite.mean())
+        for q, v in zip(qs, np.quantile(finite, qs), strict=True):
+            out[f"q{q * 100:g}"] = float(v)
+    return out

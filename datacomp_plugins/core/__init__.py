@@ -1,0 +1,1 @@
+"""The lowest layer: pool reading, the uid codec, the score cache, errors, files, processes, ranges."""

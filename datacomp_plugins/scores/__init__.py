@@ -1,0 +1,1 @@
+"""Scores: one module per score, and the registry that names them."""

@@ -1,0 +1,1 @@
+"""Selection: masks over scores, streaming top-k, uid-set algebra, subset comparison."""
