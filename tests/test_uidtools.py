@@ -14,7 +14,7 @@ import pytest
 from conftest import make_pool
 
 from datacomp_plugins.cli import main
-from datacomp_plugins.core.uids import UID_DTYPE, parse_hex, sort_uids, sorted_unique, to_hex
+from datacomp_plugins.core.uids import UID_DTYPE, sort_uids, sorted_unique
 from datacomp_plugins.select import uidtools
 
 LOW = 2**64
@@ -190,21 +190,6 @@ def test_to_hex_and_round_trip(tmp_path, monkeypatch, capsys):
     assert main(["uids", "from-hex", str(text), "-o", str(back)]) == 0
     assert np.array_equal(np.load(back), np.load(source))
     assert capsys.readouterr().out.startswith(f"to-hex: {len(set(values)):,} uids")
-
-
-def test_fixed_width_codec_matches_uids_module():
-    """The byte-pair tables agree with parse_hex/to_hex, upper case included, and reject non-digits."""
-    values = tricky_values(random.Random(17), 300)
-    uids = as_array(values)
-    lines = uidtools.encode_lines(uids)
-    assert (lines[:, 32] == ord("\n")).all()
-    assert lines[:, :32].copy().view("S32").ravel().tolist() == to_hex(uids).tolist()
-    for chars in (lines[:, :32], np.char.upper(to_hex(uids)).view(np.uint8).reshape(-1, 32)):
-        assert np.array_equal(uidtools.decode_fixed(chars), parse_hex([f"{v:032x}" for v in values]))
-    for bad in (b"g", b" ", b"\x00", b"/", b":", b"@", b"G", b"`"):
-        chars = lines[:, :32].copy()
-        chars[7, 31] = bad[0]
-        assert uidtools.decode_fixed(chars) is None
 
 
 def test_from_hex_parquet_column(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 A uid file is a 1-D array of ``np.dtype("u8,u8")`` holding ``divmod(int(uid_hex, 16), 2**64)``, sorted
 ascending without duplicates: the resharder finds uids with ``searchsorted``, so an unsorted file silently
 loses samples and a duplicate silently upsamples. Parsing goes through byte tables, never a Python loop per
-uid (a loop over 128M uids costs minutes).
+uid (a loop over 128M uids costs minutes). Every hex path (string columns, text lines) uses the one encoder
+and one decoder here, so no two paths can disagree on which sample a uid names.
 """
 
 from __future__ import annotations
@@ -38,6 +39,30 @@ def _hex_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 HEX_PAIRS, PAIR_VALUES = _hex_tables()
+
+
+def _encode_digits(uids: np.ndarray) -> np.ndarray:
+    """``(n, 32)`` uint8 lower-case hex digits of ``u8,u8`` uids: the one encoder behind every hex output."""
+    n = len(uids)
+    halves = np.empty((n, 2), dtype=">u8")  # big-endian, so bytes come out most significant first
+    halves[:, 0] = uids["f0"]
+    halves[:, 1] = uids["f1"]
+    return HEX_PAIRS[halves.view(np.uint8).reshape(n, 16)].view(np.uint8).reshape(n, HEX_DIGITS)
+
+
+def _decode_digits(chars: np.ndarray) -> np.ndarray | None:
+    """``(n, 32)`` uint8 hex digits (either case, rows contiguous) -> ``u8,u8`` uids; None on a non-hex byte.
+
+    The one decoder behind every hex input; callers word the error, as only they know the line or row.
+    """
+    pairs = PAIR_VALUES[chars.view("<u2")]  # one lookup per byte of the uid
+    if (pairs > 255).any():
+        return None
+    halves = pairs.astype(np.uint8).view(">u8")
+    out = np.empty(len(chars), dtype=UID_DTYPE)
+    out["f0"] = halves[:, 0]
+    out["f1"] = halves[:, 1]
+    return out
 
 
 _VALID = f"^[0-9A-Fa-f]{{{HEX_DIGITS}}}$"
@@ -95,24 +120,31 @@ def parse_hex(values: pa.Array | pa.ChunkedArray | np.ndarray | list, source: st
         raise _first_bad(values, source, column)
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + n + 1]
     raw = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    pairs = PAIR_VALUES[raw.view("<u2").reshape(n, HEX_DIGITS // 2)]  # one lookup per byte of the uid
-    if (pairs > 255).any():
+    out = _decode_digits(raw.reshape(n, HEX_DIGITS))
+    if out is None:
         raise _first_bad(values, source, column)
-    halves = pairs.astype(np.uint8).view(">u8")
-    out = np.empty(n, dtype=UID_DTYPE)
-    out["f0"] = halves[:, 0]
-    out["f1"] = halves[:, 1]
     return out
 
 
 def to_hex(uids: np.ndarray) -> np.ndarray:
     """``u8,u8`` array -> array of 32-character lower-case hex strings (``S32``), zero-padded."""
-    uids = as_uid_array(uids, "uids")
-    halves = np.empty((len(uids), 2), dtype=">u8")
-    halves[:, 0] = uids["f0"]
-    halves[:, 1] = uids["f1"]
-    chars = HEX_PAIRS[halves.view(np.uint8).reshape(len(uids), 16)]
-    return np.ascontiguousarray(chars).view(f"S{HEX_DIGITS}").ravel()
+    return _encode_digits(as_uid_array(uids, "uids")).view(f"S{HEX_DIGITS}").ravel()
+
+
+def encode_lines(uids: np.ndarray) -> np.ndarray:
+    """``(n, 33)`` bytes: each uid as 32 lower-case hex digits and a newline, ready to ``write`` as text."""
+    lines = np.empty((len(uids), HEX_DIGITS + 1), dtype=np.uint8)
+    lines[:, :HEX_DIGITS] = _encode_digits(uids)
+    lines[:, HEX_DIGITS] = ord("\n")
+    return lines
+
+
+def decode_fixed(chars: np.ndarray) -> np.ndarray | None:
+    """``(n, 32)`` ASCII hex digits (either case) -> uids, or None if any is not a hex digit.
+
+    None rather than an error: only the caller knows which line or row to name.
+    """
+    return _decode_digits(np.ascontiguousarray(chars))
 
 
 def as_uid_array(array: np.ndarray, source: str) -> np.ndarray:

@@ -35,10 +35,10 @@ from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open
 from datacomp_plugins.core.uids import (
     HEX_DIGITS,
-    HEX_PAIRS,
-    PAIR_VALUES,
     UID_DTYPE,
+    decode_fixed,
     dedup_sorted,
+    encode_lines,
     parse_hex,
     pick,
     read_uid_file,
@@ -272,31 +272,6 @@ def pool_overlap(uids: np.ndarray, pool) -> PoolOverlap:
 
 
 # --- hex conversions --------------------------------------------------------------------------------------
-
-
-def encode_lines(uids: np.ndarray) -> np.ndarray:
-    """``(n, 33)`` bytes: each uid as 32 lower-case hex digits and a newline (same digits as ``to_hex``)."""
-    n = len(uids)
-    halves = np.empty((n, 2), dtype=">u8")
-    halves[:, 0] = uids["f0"]
-    halves[:, 1] = uids["f1"]
-    lines = np.empty((n, HEX_DIGITS + 1), dtype=np.uint8)
-    lines[:, :HEX_DIGITS] = HEX_PAIRS[halves.view(np.uint8).reshape(n, 16)].view(np.uint8).reshape(n, HEX_DIGITS)
-    lines[:, HEX_DIGITS] = ord("\n")
-    return lines
-
-
-def decode_fixed(chars: np.ndarray) -> np.ndarray | None:
-    """``(n, 32)`` ASCII hex digits -> uids, or None if any is not a hex digit (the caller then explains)."""
-    n = len(chars)
-    values = PAIR_VALUES[np.ascontiguousarray(chars).view("<u2")]
-    if (values > 255).any():
-        return None
-    halves = values.astype(np.uint8).view(">u8")
-    out = np.empty(n, dtype=UID_DTYPE)
-    out["f0"] = halves[:, 0]
-    out["f1"] = halves[:, 1]
-    return out
 
 
 def hex_blocks(uids: np.ndarray, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
