@@ -240,23 +240,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
-def filter_stages(config, columns: Sequence[np.ndarray], use_quality: bool, eligible: np.ndarray,
-                  quality_keep: np.ndarray, keep: np.ndarray) -> list[dict[str, Any]]:
-    """Per-stage counts and cut-offs of a filter run, from the masks the pipeline computed."""
+def filter_stages(config, quality: np.ndarray | None, relevance: np.ndarray | None, eligible: np.ndarray,
+                  quality_keep: np.ndarray, keep: np.ndarray, relevance_rule: str | None = None
+                  ) -> list[dict[str, Any]]:
+    """Per-stage counts and cut-offs of a filter run, from the masks the pipeline computed.
+
+    ``quality`` None: no quality stage (--fraction 1.0); ``relevance`` None with a relevance stage: a stage
+    without one value per sample (normsim_d), described by ``relevance_rule``.
+    """
     stages = []
-    if use_quality:
+    if quality is not None:
         rule = (f"top fraction {config.fraction:g} of {int(eligible.sum())}" if config.fraction is not None
                 else f"score >= {config.threshold:g}")
-        stages.append(stage_record("quality", config.quality, columns[0], eligible, quality_keep, rule))
+        stages.append(stage_record("quality", config.quality, quality, eligible, quality_keep, rule))
     if config.relevance is not None:
-        values = columns[-1] if config.relevance in ("2", "inf") else None
-        if config.relevance == "d":
-            rule = f"NormSim_2-D, {config.normsim_d_iters} iterations to fraction {config.normsim_fraction:g}"
-        elif config.normsim_fraction is not None:
-            rule = f"top fraction {config.normsim_fraction:g} of the pool"
-        else:
-            rule = f"score >= {config.normsim_threshold:g}"
-        stages.append(stage_record("relevance", f"normsim{config.relevance}", values, quality_keep, keep, rule))
+        if relevance_rule is None:
+            relevance_rule = (f"top fraction {config.normsim_fraction:g} of the pool"
+                              if config.normsim_fraction is not None else f"score >= {config.normsim_threshold:g}")
+        stages.append(stage_record("relevance", config.relevance, relevance, quality_keep, keep, relevance_rule))
     return stages
 
 

@@ -73,7 +73,7 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
         raise PluginError(f"{path}: not valid TOML ({exc})") from None
     if "filter" not in data or "name" not in data["filter"]:
         raise PluginError(f"{path}: a recipe needs a [filter] table with a name")
-    from datacomp_plugins.filtering import FilterConfig
+    from datacomp_plugins.config import FilterConfig
 
     known = {f.name for f in dataclasses.fields(FilterConfig)} - set(_NOT_SETTABLE)
     unknown = sorted(set(data["filter"]) - known)
@@ -89,7 +89,7 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
 
 def setting_kind(key: str) -> str:
     """The schema type of a filter setting, as written in FilterConfig ("int", "float | None", "bool", ...)."""
-    from datacomp_plugins.filtering import FilterConfig
+    from datacomp_plugins.config import FilterConfig
 
     kinds = {f.name: str(f.type) for f in dataclasses.fields(FilterConfig) if f.name not in _NOT_SETTABLE}
     if key not in kinds:
@@ -132,7 +132,8 @@ def _fill(value, values: dict[str, str], recipe: Recipe):
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
     from datacomp_plugins.core.uids import load_uid_file, save_uid_file
-    from datacomp_plugins.filtering import FilterConfig, refuse_input_as_output, run_filter, validate
+    from datacomp_plugins.config import FilterConfig, refuse_input_as_output, validate
+    from datacomp_plugins.pipeline import run_filter
 
     settings = {k: _fill(v, values, recipe) for k, v in recipe.filter.items()}
     union = [_fill(v, values, recipe) for v in recipe.union]

@@ -196,12 +196,12 @@ def test_recipe_toml_with_wrong_types_is_refused(tmp_path, cache_dir, capsys):
 
 def test_every_filter_number_has_a_range():
     """No numeric flag of `filter` escapes the range table (a new flag must be added to it)."""
-    from datacomp_plugins.filtering import NUMBER_RANGES
+    from datacomp_plugins.config import number_ranges
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["filter"]
     numeric = {a.dest for a in sub._actions if a.type in (int, float)}
-    assert numeric and numeric <= set(NUMBER_RANGES), numeric - set(NUMBER_RANGES)
+    assert numeric and numeric <= set(number_ranges()), numeric - set(number_ranges())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -103,14 +103,15 @@ NEG = dict(seed=3, batch=16, rounds=3, tau=0.05)
 
 def cached_negcliploss(pool_dir: str, cache_dir: str) -> dict[str, np.ndarray]:
     from datacomp_plugins.core.pool import Pool
-    from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.scoring import ScoreCache
+    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.pipeline import shard_score
+    from datacomp_plugins.core.cache import ScoreCache
 
     pool = Pool(pool_dir)
     cache = ScoreCache(cache_dir, pool)
     config = FilterConfig("negcliploss", pool_dir, "x", negcliploss_batch_size=NEG["batch"],
                           num_batches=NEG["rounds"], temperature=NEG["tau"], seed=NEG["seed"])
-    score = quality_score(config, "negcliploss")
+    score = shard_score(config, "negcliploss")
     out = {}
     for shard in pool.shards:
         rows = len(cache.load_uids(shard))
@@ -160,14 +161,15 @@ def test_seed_changes_scores_of_shards_larger_than_b_only(tmp_path, cache_dir):
     flags[flags.index("--seed") + 1] = "4"
     assert main([*flags, "--save_path", str(tmp_path / "o.npy"), "--fraction", "0.5"]) == 0
     from datacomp_plugins.core.pool import Pool
-    from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.scoring import ScoreCache
+    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.pipeline import shard_score
+    from datacomp_plugins.core.cache import ScoreCache
 
     pool_obj = Pool(pool)
     cache = ScoreCache(cache_dir, pool_obj)
     config = FilterConfig("negcliploss", pool, "x", negcliploss_batch_size=NEG["batch"],
                           num_batches=NEG["rounds"], temperature=NEG["tau"], seed=4)
-    score = quality_score(config, "negcliploss")
+    score = shard_score(config, "negcliploss")
     for shard in pool_obj.shards:
         arrays = written[shard.stem]
         got = np.asarray(cache.load_score(shard, score, len(arrays["uids"])), dtype=np.float64)
@@ -302,7 +304,7 @@ def test_rows_below_the_guard_are_recomputed_but_not_the_rest(monkeypatch):
 def test_normsim_inf_shard_larger_than_its_blocks_and_a_non_finite_row(tmp_path):
     from datacomp_plugins.scores import targets
 
-    from datacomp_plugins.scoring import NormSimScore
+    from datacomp_plugins.scores.normsim import NormSimScore
 
     rng = np.random.default_rng(4)
     image = unit_rows(rng, 37, 768).astype(np.float16)
@@ -359,14 +361,15 @@ def test_cached_score_file_of_the_wrong_length_is_recomputed(tmp_path, cache_dir
     flags = [*negcliploss_flags(pool), "--fraction", "0.5"]
     assert main([*flags, "--save_path", str(tmp_path / "a.npy")]) == 0
     from datacomp_plugins.core.pool import Pool
-    from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.scoring import ScoreCache
+    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.pipeline import shard_score
+    from datacomp_plugins.core.cache import ScoreCache
 
     pool_obj = Pool(pool)
     cache = ScoreCache(cache_dir, pool_obj)
     config = FilterConfig("negcliploss", pool, "x", negcliploss_batch_size=NEG["batch"],
                           num_batches=NEG["rounds"], temperature=NEG["tau"], seed=NEG["seed"])
-    score = quality_score(config, "negcliploss")
+    score = shard_score(config, "negcliploss")
     shard = pool_obj.shards[0]
     rows = len(written[shard.stem]["uids"])
     # A well-formed file with a valid checksum, but not one value per row: high values that would win.
@@ -502,7 +505,7 @@ class _Stem:
 
 
 def score_arrays(img: np.ndarray, txt: np.ndarray, stem: str, **params) -> np.ndarray:
-    from datacomp_plugins.scoring import NegCLIPLossScore
+    from datacomp_plugins.scores.negcliploss import NegCLIPLossScore
 
     score = NegCLIPLossScore(**params)
     return score.compute(_Stem(stem), {}, {"l14_img": img, "l14_txt": txt}).astype(np.float64)
@@ -539,12 +542,14 @@ def test_shards_with_at_most_two_scorable_rows(finite_rows):
 
 def test_score_defaults_are_the_command_line_defaults():
     """Library defaults of the Score objects equal the flags' defaults: same cache keys either way."""
-    from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.scoring import NegCLIPLossScore, ParquetScore
+    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.pipeline import shard_score
+    from datacomp_plugins.scores.clip_score import ParquetScore
+    from datacomp_plugins.scores.negcliploss import NegCLIPLossScore
 
     config = FilterConfig("negcliploss", "pool", "out.npy")
-    assert quality_score(config, "negcliploss") == NegCLIPLossScore()
-    assert quality_score(config, "clip_score") == ParquetScore()
+    assert shard_score(config, "negcliploss") == NegCLIPLossScore()
+    assert shard_score(config, "clip_score") == ParquetScore()
     assert (NegCLIPLossScore().num_batches, NegCLIPLossScore().batch_size, NegCLIPLossScore().temperature,
             NegCLIPLossScore().seed) == (10, 32768, 0.01, 0)  # DESIGN.md section 3: K = 10, B = 32768, τ = 0.01
 
@@ -581,14 +586,15 @@ def test_stale_checksum_and_block_size_against_the_cache(tmp_path, cache_dir, ca
     assert main([*flags, "--batch_size", "256", "--save_path", str(tmp_path / "b.npy")]) == 0
     assert "(0 scored, 3 from cache)" in capsys.readouterr().out
     from datacomp_plugins.core.pool import Pool
-    from datacomp_plugins.filtering import FilterConfig, quality_score
-    from datacomp_plugins.scoring import ScoreCache
+    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.pipeline import shard_score
+    from datacomp_plugins.core.cache import ScoreCache
 
     pool_obj = Pool(pool)
     cache = ScoreCache(cache_dir, pool_obj)
     config = FilterConfig("negcliploss", pool, "x", negcliploss_batch_size=NEG["batch"],
                           num_batches=NEG["rounds"], temperature=NEG["tau"], seed=NEG["seed"])
-    path = cache.score_path(pool_obj.shards[1], quality_score(config, "negcliploss"))
+    path = cache.score_path(pool_obj.shards[1], shard_score(config, "negcliploss"))
     values = np.load(path)
     values[np.isfinite(values)] = 100.0
     np.save(path, values)  # the CRC file still describes the old values
@@ -599,7 +605,7 @@ def test_stale_checksum_and_block_size_against_the_cache(tmp_path, cache_dir, ca
 
 
 def test_a_pickled_target_matrix_is_never_loaded(tmp_path, monkeypatch):
-    from datacomp_plugins.scoring import NormSimScore, _matrix
+    from datacomp_plugins.scores.normsim import NormSimScore, _matrix
 
     np.save(tmp_path / "target.npy", np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
     score = NormSimScore(p="inf", target="x", target_path=str(tmp_path / "target.npy"), gram_path="")

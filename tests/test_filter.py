@@ -48,12 +48,13 @@ def test_negcliploss_fraction_and_threshold_match_brute_force_on_cached_scores(t
               "--negcliploss_batch_size", "16", "--num_batches", "3", "--temperature", "0.07"]
     assert run_cli(*common, "--save_path", str(tmp_path / "f.npy"), "--fraction", "0.5") == 0
     from datacomp_plugins.core.pool import Pool
-    from datacomp_plugins.filtering import FilterConfig, gather, quality_score
-    from datacomp_plugins.scoring import ScoreCache
+    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.pipeline import gather, shard_score
+    from datacomp_plugins.core.cache import ScoreCache
     pool = Pool(str(tmp_path / "pool"))
     config = FilterConfig("negcliploss", str(tmp_path / "pool"), "x", negcliploss_batch_size=16,
                           num_batches=3, temperature=0.07)
-    uids, (scores,) = gather(pool, ScoreCache(cache_dir, pool), (quality_score(config, "negcliploss"),))
+    uids, (scores,) = gather(pool, ScoreCache(cache_dir, pool), (shard_score(config, "negcliploss"),))
     keyed = sorted(range(80), key=lambda i: (-float(scores[i]), int(uids[i][0]), int(uids[i][1])))
     assert np.load(tmp_path / "f.npy").tolist() == sorted(tuple(uids[i].tolist()) for i in keyed[:40])
     threshold = float(scores[keyed[39]])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datacomp_plugins.scores.metrics import clip_score, negcliploss, normalisation_term
 
-from datacomp_plugins.scoring import partition
+from datacomp_plugins.scores.negcliploss import partition
 
 
 def brute_r(img: np.ndarray, txt: np.ndarray, batch: np.ndarray, tau: float, reference: int) -> dict[int, float]:

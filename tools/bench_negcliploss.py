@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from datacomp_plugins.filtering import FilterConfig, run_filter
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.pipeline import run_filter
 
 
 def write_pool(folder: str, shards: int, rows: int, dim: int, seed: int = 0) -> None:

@@ -18,8 +18,9 @@ import numpy as np
 
 from datacomp_plugins.apps.toy import write_toy_pool
 from datacomp_plugins.core.pool import Pool
-from datacomp_plugins.filtering import FilterConfig, gather, quality_score, run_filter
-from datacomp_plugins.scoring import ScoreCache
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.pipeline import gather, run_filter, shard_score
+from datacomp_plugins.core.cache import ScoreCache
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def measure(pool_dir: str, target: str, label: str) -> None:
                 run_filter(config)
                 seconds = time.perf_counter() - start
                 pool = Pool(pool_dir)
-                scores = (quality_score(config, "negcliploss"),)
+                scores = (shard_score(config, "negcliploss"),)
                 _, (values,) = gather(pool, ScoreCache(cache, pool), scores)
                 kept = set(map(tuple, np.load(save).tolist()))
             if reference is None:

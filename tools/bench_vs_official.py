@@ -44,8 +44,9 @@ from bench_negcliploss import write_pool  # tools/ is on sys.path when this file
 
 from datacomp_plugins.core.pool import Pool
 from datacomp_plugins.core.uids import UID_DTYPE, parse_hex
-from datacomp_plugins.filtering import FilterConfig, gather, quality_score, run_filter
-from datacomp_plugins.scoring import ScoreCache
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.pipeline import gather, run_filter, shard_score
+from datacomp_plugins.core.cache import ScoreCache
 
 DIM = 768  # L/14
 IMAGE_KEY, TEXT_KEY, SCORE_COLUMN = "l14_img", "l14_txt", "clip_l14_similarity_score"
@@ -130,7 +131,7 @@ def ours(folder: str, cache: str, K: int, B: int, T: float, fraction: float,
     config = _config(folder, cache, K, B, T, fraction, seed)
     run_filter(config)
     pool = Pool(folder)
-    uids, (scores,) = gather(pool, ScoreCache(cache, pool), (quality_score(config, "negcliploss"),))
+    uids, (scores,) = gather(pool, ScoreCache(cache, pool), (shard_score(config, "negcliploss"),))
     return uids, scores
 
 

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from datacomp_plugins.apps.toy import KINDS, write_toy_pool
 from datacomp_plugins.core.uids import parse_hex
-from datacomp_plugins.filtering import FilterConfig, run_filter
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.pipeline import run_filter
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,17 @@ import numpy as np
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import ARCH_DIMS, Pool, Shard
 from datacomp_plugins.core.uids import UID_DTYPE
-from datacomp_plugins.filtering import FilterConfig, quality_score, score_pool
-from datacomp_plugins.scoring import Score, ScoreCache, default_cache_dir
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
+from datacomp_plugins.scores.base import Score
 
-SCORE_NAMES = ("clip_score", "negcliploss", "normsim2", "normsiminf")
+
+
+def score_names() -> tuple[str, ...]:
+    """Every registered score with one cached value per sample (restrictions and normsim_d have none)."""
+    from datacomp_plugins import scores
+
+    return tuple(n for n, spec in scores.registry().items() if spec.shard_score is not None)
 DEFAULT_SCORES = ("clip_score", "negcliploss")
 
 
@@ -50,24 +57,29 @@ def parse_score_names(text: str | None, target: str | None, flag: str = "--score
         return DEFAULT_SCORES + (("normsim2", "normsiminf") if target else ())
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
-        raise PluginError(f"{flag} {text!r}: expected comma-separated score names from {list(SCORE_NAMES)}")
-    unknown = [n for n in names if n not in SCORE_NAMES]
+        raise PluginError(f"{flag} {text!r}: expected comma-separated score names from {list(score_names())}")
+    unknown = [n for n in names if n not in score_names()]
     if unknown:
-        raise PluginError(f"{flag}: unknown score(s) {unknown}; choose from {list(SCORE_NAMES)}")
-    if any(n.startswith("normsim") for n in names) and not target:
+        raise PluginError(f"{flag}: unknown score(s) {unknown}; choose from {list(score_names())}")
+    from datacomp_plugins import scores
+
+    if any(scores.get(n).needs_target for n in names) and not target:
         raise PluginError(f"{flag}: normsim2/normsiminf need --target (in1k, or a file or folder of target "
                           "image embeddings)")
     return names
 
 
 def _config(settings: ScoreSettings, name: str) -> FilterConfig:
+    from datacomp_plugins import scores
+
+    relevance = name in scores.registry() and scores.get(name).role == "relevance"
     return FilterConfig(
-        name=name if name.startswith("normsim") else "negcliploss", metadata_dir=settings.metadata_dir,
+        name=name if name in scores.registry() else "negcliploss", metadata_dir=settings.metadata_dir,
         save_path="-", arch=settings.arch, fraction=1.0, num_workers=settings.num_workers,
         num_gpus=settings.num_gpus, batch_size=settings.batch_size, num_batches=settings.num_batches,
         negcliploss_batch_size=settings.negcliploss_batch_size, temperature=settings.temperature,
         seed=settings.seed, precision=settings.precision, cache_dir=settings.cache_dir, target=settings.target,
-        target_key=settings.target_key, normsim_fraction=1.0 if name.startswith("normsim") else None,
+        target_key=settings.target_key, normsim_fraction=1.0 if relevance else None,
         progress=settings.progress)
 
 
@@ -88,7 +100,7 @@ class PoolScores:
     """A pool, its cache and the Score objects for the requested names, scored (cached) on construction."""
 
     def __init__(self, settings: ScoreSettings) -> None:
-        from datacomp_plugins.filtering import _relevance_score
+        from datacomp_plugins.pipeline import score_pool, shard_score
 
         check_settings(settings)
         self.settings = settings
@@ -97,11 +109,7 @@ class PoolScores:
         self.names = tuple(settings.scores)
         objects: list[Score] = []
         for name in self.names:
-            config = _config(settings, name)
-            if name.startswith("normsim"):
-                objects.append(_relevance_score(config, self.cache, self.pool))
-            else:
-                objects.append(quality_score(config, name))
+            objects.append(shard_score(_config(settings, name), name, self.cache))
         self.objects = tuple(objects)
         self.shards_scored = score_pool(self.pool, self.cache, self.objects, _config(settings, "scores"))
 

@@ -7,65 +7,41 @@ import dataclasses
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
 from datacomp_plugins.core.pool import ARCH_DIMS
-from datacomp_plugins.filtering import BASELINES, ENGINES, MISSING_SCORE, PRECISIONS, QUALITY_SCORES, FilterConfig
-from datacomp_plugins.scoring import CACHE_ENV
+from datacomp_plugins.config import FilterConfig, baselines
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags DataComp's baselines.py does not have (shared with the DataComp patch)."""
+    """The flags DataComp's baselines.py does not have (shared with the DataComp patch), built from the
+    settings' schema: the run's own settings, then one group per registered score with settings."""
+    from datacomp_plugins import config, scores
+
     group = parser.add_argument_group("negCLIPLoss / NormSim")
-    group.add_argument("--num_batches", type=int, default=10,
-                       help="negCLIPLoss: random batches averaged per sample (K; paper: 10)")
-    group.add_argument("--negcliploss_batch_size", type=int, default=32768,
-                       help="negCLIPLoss: batch size B (the teacher's training batch; paper: 32768); "
-                            ">= the shard size means one batch = the whole shard")
-    group.add_argument("--temperature", type=float, default=0.01,
-                       help="negCLIPLoss: teacher temperature τ (0.01 for OpenAI CLIP)")
-    group.add_argument("--seed", type=int, default=0,
-                       help="seed of the random batches (one generator per shard from seed and shard name)")
-    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="dtype of the matrix products (sums and logs in fp32). fp32 (default) gives the same "
-                            "uid file on every machine. bf16 was 2.5x faster end to end on a CPU with AMX, but "
-                            "2.3-3.2x slower on CPUs without bf16 units (no amx_bf16/avx512_bf16), where it "
-                            "warns; auto times a short product in fp32 and bf16 here and uses the faster "
-                            "(printed in the summary). See docs/PERFORMANCE.md")
-    group.add_argument("--quality_score", choices=QUALITY_SCORES, default="negcliploss",
-                       help="normsim baselines: the quality stage's score (--fraction/--threshold); "
-                            "--fraction 1.0 means no quality stage")
-    group.add_argument("--normsim_fraction", type=float, default=None,
-                       help="normsim baselines: keep floor(N*F2) of the pool (N samples) by NormSim among the "
-                            "quality stage's survivors (paper: --fraction 0.3 --normsim_fraction 0.2)")
-    group.add_argument("--normsim_threshold", type=float, default=None,
-                       help="normsim2/normsiminf: keep survivors with NormSim >= this instead")
-    group.add_argument("--target", default=None,
-                       help="normsim2/normsiminf: 'in1k' (DataComp's ImageNet-1k L/14 features) or a .npy/.npz/"
-                            ".pt file or folder of target image embeddings")
-    group.add_argument("--target_key", default=None, help="array name inside a .npz target")
-    group.add_argument("--normsim_d_iters", type=int, default=500,
-                       help="normsim_d: iterations (capped so each drops at least one sample; paper: 500)")
-    group.add_argument("--cache_dir", default=None,
-                       help=f"score cache; unset: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores")
-    group.add_argument("--given_uids", default=None,
-                       help="restrict the pool to these uid files first (A.npy::B.npy = their intersection), "
-                            "e.g. DFN's datacomp_medium_dfn_20m_inds.npy; fractions are then of the restricted pool")
-    group.add_argument("--external_scores", default=None,
-                       help="parquet with a hex 'uid' column and a score column (e.g. HYPE scores you computed)")
-    group.add_argument("--external_column", default=None, help="score column of --external_scores")
-    group.add_argument("--external_fraction", type=float, default=None,
-                       help="keep the top share of the (restricted) pool by --external_column first")
-    group.add_argument("--missing_score", choices=MISSING_SCORE, default="drop",
-                       help="pool samples --external_scores has no score for: drop them (counted in the "
-                            "summary) or stop with an error naming the first one")
-    group.add_argument("--allow_empty", action="store_true",
-                       help="write an empty uid file when nothing passes, instead of stopping with an error")
-    group.add_argument("--streaming", action="store_true",
-                       help="select in passes over the cached scores, holding only the kept uids (for pools "
-                            "whose ~22 bytes/sample of scores do not fit in memory; quality stage alone)")
-    group.add_argument("--engine", choices=ENGINES, default="local",
-                       help="local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray')")
-    group.add_argument("--ray_address", default=None,
-                       help="Ray cluster to join; unset: $RAY_ADDRESS, else start a local one")
+    for name, _, f in config.RUN_SETTINGS:
+        _add(group, name, f)
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
+    taken = {name for name, _, _ in config.DATACOMP_SETTINGS + config.RUN_SETTINGS}
+    for spec in scores.registry().values():
+        own = [f for f in spec.settings() if f.name not in taken]
+        if own:
+            section = parser.add_argument_group(f"{spec.name}: {spec.summary}")
+            for f in own:
+                _add(section, f.name, f)
+                taken.add(f.name)
+
+
+def _add(group, name: str, f: dataclasses.Field) -> None:
+    """One setting as a flag: its type, default, choices and help from the schema."""
+    from datacomp_plugins.config import choices_of
+
+    meta = f.metadata
+    if not meta.get("flag", True):
+        return
+    kind = str(f.type).split("|")[0].strip()
+    if kind == "bool":
+        group.add_argument(f"--{name}", action="store_true", help=meta.get("help"))
+        return
+    group.add_argument(f"--{name}", type={"int": int, "float": float}.get(kind, str), default=f.default,
+                       choices=choices_of(f), help=meta.get("help"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "filter", help="select a subset of a DataComp pool and write its uid file",
         description="Score a DataComp metadata pool and write the uid file that resharder.py reads.",
         formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--name", required=True, choices=sorted(BASELINES), help="baseline to run")
+    parser.add_argument("--name", required=True, choices=sorted(baselines()), help="baseline to run")
     parser.add_argument("--metadata_dir", required=True,
                         help="directory (local path or fsspec URL) of <stem>.parquet + <stem>.npz files")
     parser.add_argument("--save_path", required=True, help="output uid file (.npy)")
@@ -101,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> FilterConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datacomp_plugins.filtering import run_filter
+    from datacomp_plugins.pipeline import run_filter
 
     summary = run_filter(config_from_args(args))
     print(summary.line())

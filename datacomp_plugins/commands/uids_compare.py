@@ -26,7 +26,7 @@ def register_compare(add: Callable[[str, str, str], argparse.ArgumentParser]) ->
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from datacomp_plugins.select import subsets
+    from datacomp_plugins.apps import subsets
 
     started = time.perf_counter()
     paths = [args.first, *args.others]

@@ -1,7 +1,7 @@
 """The valid range of every number a command takes, in one place.
 
 Each concept (a seed, a fraction, a batch size, ...) has one :class:`Range`. Every command checks its numbers against
-these before any work (``filter`` through :func:`datacomp_plugins.filtering.validate`, which recipes,
+these before any work (``filter`` through :func:`datacomp_plugins.config.validate`, which recipes,
 DataComp's patched ``baselines.py`` and the Python API go through too). A value outside its range would otherwise
 surface deep inside the work as an overflow, an allocation failure or a selection built on inf/NaN.
 """

@@ -99,3 +99,22 @@ def first_occurrence(uids: np.ndarray) -> np.ndarray:
     repeat = (hi[r][1:] == hi[r][:-1]) & (lo[r][1:] == lo[r][:-1])
     mask[r[1:][repeat]] = False
     return mask
+
+
+def datacomp_fraction_mask(values: np.ndarray, n: int, eligible: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """DataComp's CLIPScore rule (``apply_filter.get_threshold``): the cut-off is the (n+1)-th highest score
+    and every score >= it is kept, so n + 1 samples plus any tied with the cut-off.
+
+    The comparison baseline must select what DataComp's ``baselines.py --name clip_score`` selects, byte for
+    byte, so the comparison runs in the column's stored dtype, as pandas does there. Where DataComp fails
+    (n at or beyond the scorable samples: an IndexError, or a NaN cut-off that keeps nothing) every scorable
+    sample is kept.
+    """
+    ok = eligible & np.isfinite(values)
+    finite = values[ok]
+    if n >= len(finite):
+        return ok, None
+    position = len(finite) - 1 - n
+    cutoff = np.partition(finite, position)[position]
+    with np.errstate(invalid="ignore"):
+        return ok & (values >= cutoff), cutoff

@@ -1,0 +1,313 @@
+"""One filter run, from settings to uid file: restrict the pool, score every shard (cached), select, write.
+
+Every baseline goes through :func:`run_filter`: its stages come from the registry (config.Baseline, scores/),
+never from a branch on its name. The command line, recipes and DataComp's patched ``baselines.py`` all call
+it, so they produce byte-identical uid files for the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from datacomp_plugins import provenance, scores
+from datacomp_plugins.config import Summary, validate
+from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
+from datacomp_plugins.core.compute import Compute, decide
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.pool import Pool
+from datacomp_plugins.core.uids import UID_DTYPE, save_uid_file
+from datacomp_plugins.scores.base import Score, ScoreSpec
+from datacomp_plugins.select.masks import (
+    datacomp_fraction_mask,
+    first_occurrence,
+    isin,
+    threshold_mask,
+    top_k_mask,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run computes: its stages' score specs, decided from the settings alone."""
+
+    quality: ScoreSpec | None  # None: --fraction 1.0 before a relevance stage (no quality stage)
+    relevance: ScoreSpec | None
+    exact: bool  # the quality stage alone on the values as DataComp stores them, cut by DataComp's rule
+
+    @classmethod
+    def of(cls, config) -> Plan:
+        relevance = scores.get(config.relevance) if config.relevance is not None else None
+        use_quality = not (config.fraction == 1.0 and relevance is not None)
+        quality = scores.get(config.quality) if use_quality else None
+        return cls(quality, relevance, relevance is None and quality is not None
+                   and quality.exact_values is not None)
+
+    @property
+    def products(self) -> bool:
+        """Whether anything is multiplied in --precision (else ``auto`` needs no probe)."""
+        return any(spec is not None and spec.products for spec in (self.quality, self.relevance))
+
+    def shard_scores(self, config, compute: Compute, cache: ScoreCache) -> list[Score]:
+        """The per-shard scores to cache: the quality stage's (unless read exactly), then the relevance's."""
+        out = []
+        if self.quality is not None and not self.exact:
+            out.append(self.quality.shard_score(config, compute, cache))
+        if self.relevance is not None and self.relevance.shard_score is not None:
+            out.append(self.relevance.shard_score(config, compute, cache))
+        return out
+
+
+def shard_score(config, name: str, cache: ScoreCache | None = None) -> Score:
+    """The cached per-shard score ``name`` with ``config``'s settings, as a run would build it (for the
+    ``scores`` command, compare, tools and tests; NormSim needs ``cache`` for its materialised target)."""
+    compute = Compute(device="cuda" if config.num_gpus > 0 else "cpu", precision=config.precision,
+                      block_rows=config.batch_size, progress=config.progress)
+    return scores.get(name).shard_score(config, compute, cache)
+
+
+def score_pool(pool: Pool, cache: ScoreCache, shard_scores: tuple[Score, ...], config) -> int:
+    """Make sure every shard has every score cached, by the chosen engine; returns how many shards computed."""
+    from datacomp_plugins.engines import EngineOptions, Job, get_engine, uncached_shards
+
+    engine = get_engine(config.engine)
+    job = Job(pool, cache, shard_scores)
+    shards = uncached_shards(job, pool.shards) if engine.uncached_only else list(pool.shards)
+    options = EngineOptions(config.num_workers, config.num_gpus, config.ray_address)
+    computed = 0
+    for result in tqdm(engine.score(job, shards, options), total=len(shards), desc=f"scoring {config.name}",
+                       unit="shard", disable=not config.progress):
+        computed += bool(result.computed)
+    return computed
+
+
+def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pool-wide uid column and score columns, in shard order, read from the cache only.
+
+    Called after scoring, which verified (or wrote) every file, so the CRCs are not checked again.
+    """
+    uids: list[np.ndarray] = []
+    columns: list[list[np.ndarray]] = [[] for _ in scores]
+    for shard in pool.shards:
+        shard_uids = cache.load_uids(shard, verify=False)
+        if shard_uids is None:
+            raise PluginError(f"score cache {cache.folder(shard)}: uids missing after scoring")
+        uids.append(np.asarray(shard_uids))
+        for column, score in zip(columns, scores, strict=True):
+            values = cache.load_score(shard, score, len(shard_uids), verify=False)
+            if values is None:
+                raise PluginError(f"score cache {cache.folder(shard)}: {score.name} missing after scoring")
+            column.append(np.asarray(values))
+    joined = [np.concatenate(c) if c else np.zeros(0, np.float32) for c in columns]
+    return (np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE)), joined
+
+
+def exact_column(spec: ScoreSpec, pool: Pool, arch: str, progress: bool = False) -> np.ndarray:
+    """A quality score's values for the whole pool in shard order, as DataComp stores them."""
+    parts = [spec.exact_values(pool, shard, arch)
+             for shard in tqdm(pool.shards, desc=f"reading {spec.name}", unit="shard", disable=not progress)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _quality_stage(config, plan: Plan, values: np.ndarray | None, uids: np.ndarray, eligible: np.ndarray,
+                   pool_samples: int, summary: Summary) -> np.ndarray:
+    if values is None:  # --fraction 1.0: no quality stage
+        return eligible
+    if plan.exact and config.fraction is not None:
+        keep, _ = datacomp_fraction_mask(values, math.floor(pool_samples * config.fraction), eligible)
+    elif config.fraction is not None:
+        want = math.floor(pool_samples * config.fraction)
+        keep = top_k_mask(values, uids, want, eligible)
+        if keep.sum() < want:
+            summary.notes.append(f"only {int(keep.sum())} scorable samples for the {want} asked")
+    else:
+        keep = threshold_mask(values, config.threshold, eligible)
+    summary.notes.append(describe_stage(config.quality, values, eligible, keep,
+                                        config.threshold if config.fraction is None else None))
+    return keep
+
+
+def describe_stage(name: str, values: np.ndarray, eligible: np.ndarray | None, keep: np.ndarray | None,
+                   threshold: float | None, sampled: bool = False, source: str = "--threshold") -> str:
+    """Quantiles of a stage's scores and its cut-off, so a threshold that keeps nothing (or all) shows why."""
+    finite = values[eligible & np.isfinite(values)] if eligible is not None else values[np.isfinite(values)]
+    if len(finite) == 0:
+        return f"{name}: no finite scores"
+    q = np.quantile(finite.astype(np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
+    kept = values[keep & np.isfinite(values)] if keep is not None else finite[:0]
+    if threshold is not None:
+        cut = f"cut-off {threshold:.6g} ({source})"
+    elif len(kept):
+        cut = f"cut-off {float(kept.min()):.6g} (lowest kept)"
+    else:
+        cut = "cut-off: none (nothing kept)"
+    label = " (sampled)" if sampled else ""
+    return (f"{name} scores{label} min/25%/50%/75%/max " + "/".join(f"{v:.4g}" for v in q) + f"; {cut}")
+
+
+def _restrict(config, uids: np.ndarray, eligible: np.ndarray, summary: Summary) -> np.ndarray:
+    """Restrict the pool to other methods' selections before our stages (DFN's uid list, HYPE's scores).
+
+    ``--given_uids A.npy::B.npy`` keeps pool samples in every file; then each registered restriction the
+    run uses (``--external_scores``) cuts what remains. Our fractions are then shares of the restricted
+    pool, as in the official code.
+    """
+    from datacomp_plugins.core.uids import load_uid_file
+
+    unique = eligible
+    for path in (config.given_uids.split("::") if config.given_uids else []):
+        given = load_uid_file(path)
+        inside = isin(uids, given) & unique
+        summary.notes.append(f"{path}: {len(given)} uids, {len(given) - int(inside.sum())} not in the pool")
+        eligible = eligible & inside
+    for spec in scores.registry().values():
+        if spec.role == "restriction" and spec.active is not None and spec.active(config):
+            eligible, missing = spec.restrict(config, uids, eligible, summary.notes)
+            summary.missing_scores += missing
+    return eligible
+
+
+def _run_streaming(config, plan: Plan, pool: Pool, cache: ScoreCache, score: Score | None, summary: Summary,
+                   started: float) -> Summary:
+    """Quality-stage selection in passes over the cached score files (see select/streaming.py): bounded memory.
+
+    ``score`` None: the values as DataComp stores them (``plan.exact``), read shard by shard.
+    """
+    from datacomp_plugins.select.streaming import kth_largest_streaming, threshold_streaming, top_k_streaming
+
+    def shards():
+        for shard in pool.shards:
+            uids = cache.load_uids(shard, verify=False)  # scoring verified every file already
+            if score is None:
+                yield uids, plan.quality.exact_values(pool, shard, config.arch)
+            else:
+                yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
+
+    rows = unscorable = 0
+    sample = []
+    for _, values in shards():
+        rows += len(values)
+        unscorable += int((~np.isfinite(values)).sum())
+        sample.append(np.asarray(values[:: max(1, len(values) // 4096)], dtype=np.float64))
+    summary.pool_rows = summary.pool_samples = rows
+    summary.unscorable = unscorable
+    cutoff = config.threshold
+    if config.fraction is not None and score is None:  # DataComp's rule: the (n+1)-th best, then >=
+        n = math.floor(rows * config.fraction)
+        cutoff = kth_largest_streaming(shards, n + 1)
+        kept = threshold_streaming(shards, cutoff) if cutoff is not None else top_k_streaming(shards, rows)
+    elif config.fraction is not None:
+        kept = top_k_streaming(shards, math.floor(rows * config.fraction))
+    else:
+        kept = threshold_streaming(shards, config.threshold)
+    values = np.concatenate(sample) if sample else np.zeros(0)
+    note = describe_stage(config.quality, values, None, None, cutoff, sampled=True,
+                          source="--threshold" if config.fraction is None else "the (floor(N*F)+1)-th best score")
+    if cutoff is None and config.fraction is not None:
+        note = note.replace("; cut-off: none (nothing kept)", "; cut-off: the fraction's boundary score")
+    summary.notes.append(note)
+    refuse_empty(config, len(kept), summary)
+    summary.notes.append("streaming selection (duplicate uids merged in the output only)")
+    summary.kept = summary.after_quality = provenance.save_with_sidecar(
+        config.save_path, lambda: save_uid_file(config.save_path, kept),
+        provenance.filter_record(config, pool, cache, summary, []))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run_filter(config) -> Summary:
+    """Run one baseline end to end and write ``config.save_path``; returns the run's summary.
+
+    SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
+    deleted, also when DataComp's patched ``baselines.py`` calls this directly.
+    """
+    from datacomp_plugins.core.fileio import ENVIRONMENT_ERRNOS
+    from datacomp_plugins.core.procs import terminate_as_interrupt
+
+    with terminate_as_interrupt():
+        try:
+            return _run_filter(config)
+        except OSError as exc:  # a write the helpers did not name (disk full, read-only): the user's to fix
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise PluginError(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+
+
+def _run_filter(config) -> Summary:
+    started = time.perf_counter()
+    validate(config)
+    plan = Plan.of(config)
+    compute = decide(config.num_gpus, config.precision, config.batch_size, config.progress, plan.products)
+    config = dataclasses.replace(config, precision=compute.precision)
+    pool = Pool(config.metadata_dir)
+    cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
+    cache.sweep()
+    shard_scores = plan.shard_scores(config, compute, cache)
+    summary = Summary(config.name, shards=len(pool.shards))
+    if compute.note:
+        summary.notes.append(compute.note)
+    summary.shards_scored = score_pool(pool, cache, tuple(shard_scores), config)
+    if config.streaming:
+        return _run_streaming(config, plan, pool, cache, None if plan.exact else shard_scores[0], summary,
+                              started)
+    uids, columns = gather(pool, cache, tuple(shard_scores))
+    if plan.exact:
+        columns = [exact_column(plan.quality, pool, config.arch, config.progress)]
+    quality_values = columns[0] if plan.quality is not None else None
+    relevance_values = columns[-1] if plan.relevance is not None and plan.relevance.shard_score else None
+    eligible = first_occurrence(uids)
+    summary.pool_rows = len(uids)
+    summary.duplicates = summary.pool_rows - int(eligible.sum())
+    eligible = _restrict(config, uids, eligible, summary)
+    summary.pool_samples = int(eligible.sum())
+    unscorable = np.zeros(len(uids), dtype=bool)
+    for values in columns:
+        unscorable |= ~np.isfinite(values)
+    summary.unscorable = int((unscorable & eligible).sum())
+    keep = _quality_stage(config, plan, quality_values, uids, eligible, summary.pool_samples, summary)
+    summary.after_quality = int(keep.sum())
+    quality_keep = keep
+    if plan.relevance is not None:
+        keep = _relevance_stage(config, plan.relevance, compute, pool, cache, uids, keep, relevance_values,
+                                summary)
+    refuse_empty(config, int(keep.sum()), summary)
+    summary.kept = int(keep.sum())
+    summary.seconds = time.perf_counter() - started
+    rule = plan.relevance.rule(config) if plan.relevance is not None and plan.relevance.rule else None
+    stages = provenance.filter_stages(config, quality_values, relevance_values, eligible, quality_keep, keep, rule)
+    provenance.save_with_sidecar(config.save_path, lambda: save_uid_file(config.save_path, uids[keep]),
+                                 provenance.filter_record(config, pool, cache, summary, stages))
+    return summary
+
+
+def _relevance_stage(config, spec: ScoreSpec, compute: Compute, pool: Pool, cache: ScoreCache, uids: np.ndarray,
+                     survivors: np.ndarray, values: np.ndarray | None, summary: Summary) -> np.ndarray:
+    """The relevance stage among the quality stage's survivors: by its cached values, or by its own
+    selection when it depends on the selected set (normsim_d)."""
+    want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
+    if spec.select is not None:
+        keep = spec.select(config, compute, pool, cache, uids, survivors, want)
+        if spec.note:
+            summary.notes.append(spec.note)
+        return keep
+    if config.normsim_fraction is not None:
+        keep = top_k_mask(values, uids, want, survivors)
+    else:
+        keep = threshold_mask(values, config.normsim_threshold, survivors)
+    summary.notes.append(describe_stage(config.relevance, values, survivors, keep, config.normsim_threshold))
+    return keep
+
+
+def refuse_empty(config: FilterConfig, kept: int, summary: Summary) -> None:
+    """Keeping nothing is almost always a wrong --threshold or broken scores: stop unless --allow_empty."""
+    if kept or config.allow_empty:
+        return
+    details = "; ".join(summary.notes)
+    raise PluginError(f"--name {config.name}: no sample of the {summary.pool_samples} kept ({details}); nothing "
+                      f"written to {config.save_path}. Check --threshold/--normsim_threshold against the "
+                      "scores above, or pass --allow_empty to write an empty uid file")

@@ -1,0 +1,113 @@
+"""Another method's scores (HYPE's, an aesthetic score, ...) keyed by uid: a restriction of the pool.
+
+``--external_scores`` names a parquet file with a hex ``uid`` column and a score column; the pool is cut to
+the top ``--external_fraction`` of its (already restricted) samples by that column before our stages, as in
+the official code. Samples the file has no score for are dropped, or refused with ``--missing_score error``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from datacomp_plugins.core import ranges
+from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.uids import to_hex
+from datacomp_plugins.scores.base import ScoreSpec, setting
+from datacomp_plugins.select.masks import index_in, top_k_mask
+
+MISSING_SCORE = ("drop", "error")
+
+
+@dataclass(frozen=True)
+class Params:
+    external_scores: str | None = setting(
+        None, "parquet with a hex 'uid' column and a score column (e.g. HYPE scores you computed)")
+    external_column: str | None = setting(None, "score column of --external_scores")
+    external_fraction: float | None = setting(
+        None, "keep the top share of the (restricted) pool by --external_column first", ranges.FRACTION)
+    missing_score: str = setting(
+        "drop", "pool samples --external_scores has no score for: drop them (counted in the summary) or stop "
+        "with an error naming the first one", choices=MISSING_SCORE)
+
+
+def check(config) -> None:
+    external = (config.external_scores, config.external_column, config.external_fraction)
+    if any(v is not None for v in external) and any(v is None for v in external):
+        raise PluginError("--external_scores, --external_column and --external_fraction go together")
+
+
+def active(config) -> bool:
+    return config.external_scores is not None
+
+
+def restrict(config, uids: np.ndarray, eligible: np.ndarray, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Keep the top ``--external_fraction`` of the eligible samples by the file's column; returns the new
+    eligible mask and how many eligible samples the file had no score for."""
+    values = external_scores(config.external_scores, config.external_column, uids)
+    missing = eligible & np.isnan(values)  # the file's own values are all finite
+    if missing.any() and config.missing_score == "error":
+        first = to_hex(uids[np.flatnonzero(missing)[:1]])[0].decode()
+        raise PluginError(f"--external_scores {config.external_scores}: no score for {int(missing.sum())} of "
+                          f"{int(eligible.sum())} pool samples (first: uid {first}); expected one per sample "
+                          "with --missing_score error (--missing_score drop leaves them out)")
+    notes.append(f"{config.external_scores}: no score for {int(missing.sum())} pool samples"
+                 + (" (dropped)" if missing.any() else ""))
+    want = math.floor(int(eligible.sum()) * config.external_fraction)
+    eligible = top_k_mask(values, uids, want, eligible)
+    notes.append(f"{config.external_column} top {config.external_fraction:g}: {int(eligible.sum())}")
+    return eligible, int(missing.sum())
+
+
+def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
+    """A score per pool sample from a parquet file keyed by hex ``uid``; NaN where the file has none."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from datacomp_plugins.core.uids import parse_hex
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            missing = [c for c in ("uid", column) if c not in names]
+            if missing:
+                raise PluginError(f"--external_scores {path}: no column(s) {missing}; it has {names}")
+            table = parquet.read(columns=["uid", column])
+    except FileNotFoundError:
+        raise PluginError(f"--external_scores {path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"--external_scores {path}: unreadable parquet ({exc})") from None
+    if not _is_numeric(table.schema.field(column).type):
+        raise PluginError(f"--external_scores {path}: column {column!r} is {table.schema.field(column).type}, "
+                          "expected numbers")
+    theirs = parse_hex(table.column("uid"), source=f"--external_scores {path}", column="uid")
+    values = table.column(column)
+    if values.null_count:
+        nulls = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+        raise PluginError(f"--external_scores {path}: column {column!r} is empty (null) at row {int(nulls[0])} "
+                          f"({len(nulls)} such rows); expected a finite number for every uid listed")
+    scores = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise PluginError(f"--external_scores {path}: column {column!r} is {scores[rows[0]]} at row {int(rows[0])} "
+                          f"({len(rows)} non-finite rows); expected a finite number for every uid listed "
+                          "(leave a sample out of the file to give it no score)")
+    row = index_in(uids, theirs)
+    return np.where(row >= 0, scores[row], np.nan)
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+SPEC = ScoreSpec("external", "restriction", "another method's scores from a parquet file keyed by uid",
+                 params=Params, check=check, active=active, restrict=restrict)
