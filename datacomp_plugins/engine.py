@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from datacomp_plugins import runtime
 from datacomp_plugins.pool import Pool, Shard
 from datacomp_plugins.procs import bind_to_parent
 from datacomp_plugins.scoring import (
@@ -43,6 +44,7 @@ _JOB: Job | None = None
 def _init_worker(job: Job, threads: int, gpu_queue: mp.Queue | None, parent: int) -> None:
     global _JOB
     bind_to_parent(parent)
+    runtime.configure()  # before torch is loaded in this fresh (spawned) process
     import torch
 
     torch.set_num_threads(threads)

@@ -43,6 +43,9 @@ class _Scorer:
     """
 
     def __init__(self, job: Job, threads: int, gpu: bool) -> None:
+        from datacomp_plugins import runtime
+
+        runtime.configure()  # before torch is loaded in this Ray worker process
         import torch
 
         if gpu:  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so the scores' "cuda" is that GPU

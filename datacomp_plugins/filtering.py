@@ -536,9 +536,11 @@ def run_filter(config: FilterConfig) -> Summary:
     SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
     deleted, also when DataComp's patched ``baselines.py`` calls this directly.
     """
+    from datacomp_plugins import runtime
     from datacomp_plugins.fileio import ENVIRONMENT_ERRNOS
     from datacomp_plugins.procs import terminate_as_interrupt
 
+    runtime.configure()  # also when DataComp's patched baselines.py calls this without our command line
     with terminate_as_interrupt():
         try:
             return _run_filter(config)

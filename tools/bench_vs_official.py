@@ -23,7 +23,9 @@ Usage: python tools/bench_vs_official.py [--shards 4] [--rows 16384 12288] [--ro
 
 from __future__ import annotations
 
-import datacomp_plugins  # noqa: F401  # first, as in the CLI: its environment settings precede torch's loading
+from datacomp_plugins import runtime
+
+runtime.configure()  # first, as in the CLI: its environment settings precede torch's loading
 
 # isort: split
 import argparse
