@@ -18,7 +18,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from datacomp_plugins import provenance, ranges
-from datacomp_plugins.engine import Job, run_local
+from datacomp_plugins.engines import EngineOptions, Job, engine_names, get_engine, uncached_shards
 from datacomp_plugins.errors import PluginError
 from datacomp_plugins.fileio import check_folder_writable, check_writable
 from datacomp_plugins.pool import ARCH_DIMS, Pool
@@ -51,7 +51,7 @@ BASELINES: dict[str, str | None] = {
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: the faster of fp32/bf16 here, measured (precision.py)
 # --missing_score: what to do with pool samples that --external_scores has no score for
 MISSING_SCORE = ("drop", "error")
-ENGINES = ("local", "ray")
+ENGINES = engine_names()  # the built-ins, then engines installed packages add (datacomp_plugins.engines)
 
 
 @dataclass
@@ -264,22 +264,26 @@ def quality_score(config: FilterConfig, which: str) -> Score:
 
 
 def score_pool(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...], config: FilterConfig) -> int:
-    """Make sure every shard has every score cached; returns how many shards needed computing."""
-    job = Job(pool, cache, scores)
-    computed = 0
-    total = len(pool.shards)
-    if config.engine == "ray":
-        from datacomp_plugins.engine_ray import run_ray
-        from datacomp_plugins.scoring import cached_rows
+    """Make sure every shard has every score cached; returns how many shards needed computing.
 
-        # only the shards the cache lacks go to Ray: an all-cached rerun connects to no cluster
-        todo = [shard for shard in pool.shards if cached_rows(cache, shard, scores) is None]
-        results, total = run_ray(job, todo, config.num_workers, config.num_gpus, config.ray_address), len(todo)
-    else:
-        results = run_local(job, pool.shards, config.num_workers, config.num_gpus)
-    for result in tqdm(results, total=total, desc=f"scoring {config.name}", unit="shard",
-                       disable=not config.progress):
-        computed += bool(result.computed)
+    Whichever ``--engine`` scores, selection afterwards reads the cache in shard order, so the engine never
+    changes a uid file (see datacomp_plugins.engines.base).
+    """
+    engine = get_engine(config.engine)
+    job = Job(pool, cache, scores)
+    shards = pool.shards
+    if engine.uncached_only:  # e.g. Ray: an all-cached rerun then connects to no cluster
+        shards = uncached_shards(job, shards)
+    results = engine.score(job, shards, EngineOptions(config.num_workers, config.num_gpus, config.ray_address))
+    computed = 0
+    try:
+        for result in tqdm(results, total=len(shards), desc=f"scoring {config.name}", unit="shard",
+                           disable=not config.progress):
+            computed += bool(result.computed)
+    finally:  # stops the engine's workers now on an error or Ctrl-C, not when the generator is collected
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
     return computed
 
 

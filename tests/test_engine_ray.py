@@ -110,7 +110,7 @@ def test_own_local_instance_is_started_and_shut_down(tmp_path, monkeypatch):
 def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     import sys
 
-    from datacomp_plugins.engine_ray import INSTALL_HINT, run_ray
+    from datacomp_plugins.engines.ray import INSTALL_HINT, run_ray
     from datacomp_plugins.errors import PluginError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError

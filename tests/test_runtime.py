@@ -22,7 +22,8 @@ def clean_env() -> dict[str, str]:
 
 def test_import_leaves_the_environment_untouched():
     code = ("import os; before = dict(os.environ); import datacomp_plugins, datacomp_plugins.filtering, "
-            "datacomp_plugins.cli; assert dict(os.environ) == before, "
+            "datacomp_plugins.cli, datacomp_plugins.engines, datacomp_plugins.engines.local, "
+            "datacomp_plugins.engines.ray; assert dict(os.environ) == before, "
             "set(os.environ.items()) ^ set(before.items())")
     result = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
