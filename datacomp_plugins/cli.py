@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    from datacomp_plugins import runtime
     from datacomp_plugins.core.procs import terminate_as_interrupt
+
+    runtime.configure()  # before any subcommand imports torch
 
     parser = build_parser()
     args = parser.parse_args(argv)

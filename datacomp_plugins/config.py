@@ -138,7 +138,8 @@ def _build_config() -> type:
                                            metadata=f.metadata) if f.default is not dataclasses.MISSING
              or f.default_factory is not dataclasses.MISSING else dataclasses.field(metadata=f.metadata))
             for name, kind, f in DATACOMP_SETTINGS + RUN_SETTINGS + _score_settings()]
-    config = dataclasses.make_dataclass("FilterConfig", spec, bases=(_Stages,), module=__name__)
+    config = dataclasses.make_dataclass("FilterConfig", spec, bases=(_Stages,))
+    config.__module__ = __name__  # pickles by name (worker processes, Ray)
     config.__doc__ = ("All settings of one filter run; names match the command line (DataComp's where they exist) "
                       "and recipe keys.")
     return config

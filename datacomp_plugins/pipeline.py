@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datacomp_plugins import provenance, scores
-from datacomp_plugins.config import Summary, validate
+from datacomp_plugins.config import FilterConfig, Summary, validate
 from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
 from datacomp_plugins.core.compute import Compute, decide
 from datacomp_plugins.core.errors import PluginError
@@ -72,17 +72,28 @@ def shard_score(config, name: str, cache: ScoreCache | None = None) -> Score:
 
 
 def score_pool(pool: Pool, cache: ScoreCache, shard_scores: tuple[Score, ...], config) -> int:
-    """Make sure every shard has every score cached, by the chosen engine; returns how many shards computed."""
+    """Make sure every shard has every score cached, by the chosen engine; returns how many shards computed.
+
+    Whichever ``--engine`` scores, selection afterwards reads the cache in shard order, so the engine never
+    changes a uid file (see engines/base.py).
+    """
     from datacomp_plugins.engines import EngineOptions, Job, get_engine, uncached_shards
 
     engine = get_engine(config.engine)
     job = Job(pool, cache, shard_scores)
-    shards = uncached_shards(job, pool.shards) if engine.uncached_only else list(pool.shards)
-    options = EngineOptions(config.num_workers, config.num_gpus, config.ray_address)
+    shards = pool.shards
+    if engine.uncached_only:  # e.g. Ray: an all-cached rerun then connects to no cluster
+        shards = uncached_shards(job, shards)
+    results = engine.score(job, shards, EngineOptions(config.num_workers, config.num_gpus, config.ray_address))
     computed = 0
-    for result in tqdm(engine.score(job, shards, options), total=len(shards), desc=f"scoring {config.name}",
-                       unit="shard", disable=not config.progress):
-        computed += bool(result.computed)
+    try:
+        for result in tqdm(results, total=len(shards), desc=f"scoring {config.name}", unit="shard",
+                           disable=not config.progress):
+            computed += bool(result.computed)
+    finally:  # stops the engine's workers now on an error or Ctrl-C, not when the generator is collected
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
     return computed
 
 
@@ -226,9 +237,11 @@ def run_filter(config) -> Summary:
     SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
     deleted, also when DataComp's patched ``baselines.py`` calls this directly.
     """
+    from datacomp_plugins import runtime
     from datacomp_plugins.core.fileio import ENVIRONMENT_ERRNOS
     from datacomp_plugins.core.procs import terminate_as_interrupt
 
+    runtime.configure()  # also when DataComp's patched baselines.py calls this without our command line
     with terminate_as_interrupt():
         try:
             return _run_filter(config)

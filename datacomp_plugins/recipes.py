@@ -131,8 +131,8 @@ def _fill(value, values: dict[str, str], recipe: Recipe):
 
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
-    from datacomp_plugins.core.uids import load_uid_file, save_uid_file
     from datacomp_plugins.config import FilterConfig, refuse_input_as_output, validate
+    from datacomp_plugins.core.uids import load_uid_file, save_uid_file
     from datacomp_plugins.pipeline import run_filter
 
     settings = {k: _fill(v, values, recipe) for k, v in recipe.filter.items()}

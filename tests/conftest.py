@@ -13,6 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datacomp_plugins import runtime
+
+# as the command line does before torch is loaded: test modules importing torch and the package's math (thread
+# counts, huge pages) then run under the same settings as a real run
+runtime.configure()
+
 
 def random_hex_uids(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
@@ -87,6 +93,7 @@ def cache_dir(tmp_path, monkeypatch) -> str:
 def fake_assets(tmp_path, monkeypatch, corrupt: frozenset[str] = frozenset()):
     """DataComp's five in1k files served from a local folder, with their sha256 in the table."""
     import torch
+
     from datacomp_plugins.scores import targets
 
     def features(seed: int) -> np.ndarray:

@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 from conftest import expect_exit_2, make_pool
-from datacomp_plugins.scores import metrics
 
 from datacomp_plugins.cli import build_parser, main
+from datacomp_plugins.scores import metrics
 
 FILTER_NUMBERS = [
     (["--seed", "-1"], "--seed -1: must be an integer in [0, 2^32)"),

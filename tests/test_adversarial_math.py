@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import make_pool, random_hex_uids, unit_rows, write_shard
-from datacomp_plugins.scores import metrics
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.uids import UID_DTYPE
+from datacomp_plugins.scores import metrics
 
 TOLERANCE = 2e-5  # float32 scoring against float64: observed errors are ~1e-6
 
@@ -102,10 +102,10 @@ NEG = dict(seed=3, batch=16, rounds=3, tau=0.05)
 
 
 def cached_negcliploss(pool_dir: str, cache_dir: str) -> dict[str, np.ndarray]:
-    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.config import FilterConfig
-    from datacomp_plugins.pipeline import shard_score
     from datacomp_plugins.core.cache import ScoreCache
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.pipeline import shard_score
 
     pool = Pool(pool_dir)
     cache = ScoreCache(cache_dir, pool)
@@ -160,10 +160,10 @@ def test_seed_changes_scores_of_shards_larger_than_b_only(tmp_path, cache_dir):
     flags = negcliploss_flags(pool)
     flags[flags.index("--seed") + 1] = "4"
     assert main([*flags, "--save_path", str(tmp_path / "o.npy"), "--fraction", "0.5"]) == 0
-    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.config import FilterConfig
-    from datacomp_plugins.pipeline import shard_score
     from datacomp_plugins.core.cache import ScoreCache
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.pipeline import shard_score
 
     pool_obj = Pool(pool)
     cache = ScoreCache(cache_dir, pool_obj)
@@ -303,7 +303,6 @@ def test_rows_below_the_guard_are_recomputed_but_not_the_rest(monkeypatch):
 
 def test_normsim_inf_shard_larger_than_its_blocks_and_a_non_finite_row(tmp_path):
     from datacomp_plugins.scores import targets
-
     from datacomp_plugins.scores.normsim import NormSimScore
 
     rng = np.random.default_rng(4)
@@ -360,10 +359,10 @@ def test_cached_score_file_of_the_wrong_length_is_recomputed(tmp_path, cache_dir
     written = adversarial_pool(pool)
     flags = [*negcliploss_flags(pool), "--fraction", "0.5"]
     assert main([*flags, "--save_path", str(tmp_path / "a.npy")]) == 0
-    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.config import FilterConfig
-    from datacomp_plugins.pipeline import shard_score
     from datacomp_plugins.core.cache import ScoreCache
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.pipeline import shard_score
 
     pool_obj = Pool(pool)
     cache = ScoreCache(cache_dir, pool_obj)
@@ -585,10 +584,10 @@ def test_stale_checksum_and_block_size_against_the_cache(tmp_path, cache_dir, ca
     capsys.readouterr()
     assert main([*flags, "--batch_size", "256", "--save_path", str(tmp_path / "b.npy")]) == 0
     assert "(0 scored, 3 from cache)" in capsys.readouterr().out
-    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.config import FilterConfig
-    from datacomp_plugins.pipeline import shard_score
     from datacomp_plugins.core.cache import ScoreCache
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.pipeline import shard_score
 
     pool_obj = Pool(pool)
     cache = ScoreCache(cache_dir, pool_obj)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import make_pool
 
-from datacomp_plugins import engine
 from datacomp_plugins.cli import main
 from datacomp_plugins.core import procs
+from datacomp_plugins.engines import local as local_engine
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -213,7 +213,7 @@ def test_stale_partial_outputs_and_recipe_folders_are_swept(heavy_pool, tmp_path
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".recipe-") and p != stale_recipe]
 
 
-class RecordingExecutor(engine.ProcessPoolExecutor):
+class RecordingExecutor(local_engine.ProcessPoolExecutor):
     started: list[int] = []
 
     def __init__(self, max_workers, *args, **kwargs):
@@ -224,7 +224,7 @@ class RecordingExecutor(engine.ProcessPoolExecutor):
 def test_cached_shards_start_no_workers(tmp_path, monkeypatch, capsys):
     pool = str(tmp_path / "pool")
     make_pool(pool, [300, 200, 250, 100], seed=5)
-    monkeypatch.setattr(engine, "ProcessPoolExecutor", RecordingExecutor)
+    monkeypatch.setattr(local_engine, "ProcessPoolExecutor", RecordingExecutor)
     RecordingExecutor.started = []
     cache = str(tmp_path / "cache")
     args = ["filter", "--name", "negcliploss", "--metadata_dir", pool, "--fraction", "0.5",
@@ -264,7 +264,7 @@ def test_stale_names_judge_only_dead_owners_on_this_host(tmp_path):
 
 def test_cached_shards_go_to_no_ray_cluster(tmp_path, monkeypatch, capsys):
     """With --engine ray, only uncached shards are sent (none: no cluster is started or joined)."""
-    from datacomp_plugins import engine_ray
+    from datacomp_plugins.engines import ray as ray_engine
 
     pool = str(tmp_path / "pool")
     make_pool(pool, [200, 150, 100], seed=7)
@@ -272,9 +272,9 @@ def test_cached_shards_go_to_no_ray_cluster(tmp_path, monkeypatch, capsys):
 
     def recording_run_ray(job, shards, num_workers, num_gpus, address):
         sent.append([shard.stem for shard in shards])
-        yield from engine.run_local(job, shards, 1)
+        yield from local_engine.run_local(job, shards, 1)
 
-    monkeypatch.setattr(engine_ray, "run_ray", recording_run_ray)
+    monkeypatch.setattr(ray_engine, "run_ray", recording_run_ray)
     args = ["filter", "--name", "negcliploss", "--metadata_dir", pool, "--fraction", "0.5", "--negcliploss_batch_size",
             "64", "--num_batches", "2", "--cache_dir", str(tmp_path / "cache"), "--no_progress", "--engine", "ray"]
     assert main([*args, "--save_path", str(tmp_path / "a.npy")]) == 0

@@ -111,7 +111,7 @@ def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     import sys
 
     from datacomp_plugins.core.errors import PluginError
-    from datacomp_plugins.engine_ray import INSTALL_HINT, run_ray
+    from datacomp_plugins.engines.ray import INSTALL_HINT, run_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(PluginError, match="pip install 'datacomp-plugins\\[ray\\]'") as info:

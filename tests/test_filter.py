@@ -47,10 +47,10 @@ def test_negcliploss_fraction_and_threshold_match_brute_force_on_cached_scores(t
     common = ["--name", "negcliploss", "--metadata_dir", str(tmp_path / "pool"),
               "--negcliploss_batch_size", "16", "--num_batches", "3", "--temperature", "0.07"]
     assert run_cli(*common, "--save_path", str(tmp_path / "f.npy"), "--fraction", "0.5") == 0
-    from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.config import FilterConfig
-    from datacomp_plugins.pipeline import gather, shard_score
     from datacomp_plugins.core.cache import ScoreCache
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.pipeline import gather, shard_score
     pool = Pool(str(tmp_path / "pool"))
     config = FilterConfig("negcliploss", str(tmp_path / "pool"), "x", negcliploss_batch_size=16,
                           num_batches=3, temperature=0.07)

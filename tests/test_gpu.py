@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_pool
-from datacomp_plugins.scores.metrics import negcliploss, normsim_inf
 
 from datacomp_plugins.cli import main
+from datacomp_plugins.scores.metrics import negcliploss, normsim_inf
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

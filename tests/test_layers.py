@@ -15,7 +15,7 @@ LAYERS = {
     "core": 0, "errors": 0, "runtime": 0, "__init__": 0, "__version__": 0,
     "select": 1,
     "scores": 2,
-    "engines": 3, "engine": 3, "engine_ray": 3,
+    "engines": 3,
     "config": 4, "pipeline": 4, "provenance": 4, "recipes": 4, "filtering": 4,
     "commands": 5, "apps": 5, "cli": 5, "__main__": 5,
 }

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from datacomp_plugins.scores.metrics import clip_score, negcliploss, normalisation_term
 
+from datacomp_plugins.scores.metrics import clip_score, negcliploss, normalisation_term
 from datacomp_plugins.scores.negcliploss import partition
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_hex_uids, unit_rows, write_shard
-from datacomp_plugins.scores.dynamic import drop_schedule, iterate
-from datacomp_plugins.scores.metrics import normsim2, normsim_inf
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.uids import UID_DTYPE
+from datacomp_plugins.scores.dynamic import drop_schedule, iterate
+from datacomp_plugins.scores.metrics import normsim2, normsim_inf
 
 
 def test_normsim_scores_match_the_definition():

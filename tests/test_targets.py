@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import fake_assets, make_pool
-from datacomp_plugins.scores import targets
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.scores import targets
 
 
 def rows(n=6, d=8, seed=0):

@@ -16,7 +16,9 @@ Usage: python tools/bench_negcliploss.py [--shards 4] [--repeats 3] [--num_gpus 
 
 from __future__ import annotations
 
-import datacomp_plugins  # noqa: F401  # first, as in the CLI: its environment settings precede torch's loading
+from datacomp_plugins import runtime
+
+runtime.configure()  # first, as in the CLI: its environment settings precede torch's loading
 
 # isort: split
 import argparse

@@ -12,7 +12,9 @@ Usage: python tools/bench_normsim.py [--pool 16384] [--target 100000] [--d_rows 
 
 from __future__ import annotations
 
-import datacomp_plugins  # noqa: F401  # first, as in the CLI: its environment settings precede torch's loading
+from datacomp_plugins import runtime
+
+runtime.configure()  # first, as in the CLI: its environment settings precede torch's loading
 
 # isort: split
 import argparse
@@ -22,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+
 from datacomp_plugins.scores.dynamic import drop_schedule, iterate
 from datacomp_plugins.scores.metrics import normsim2, normsim_inf
 

@@ -17,10 +17,10 @@ import time
 import numpy as np
 
 from datacomp_plugins.apps.toy import write_toy_pool
-from datacomp_plugins.core.pool import Pool
 from datacomp_plugins.config import FilterConfig
-from datacomp_plugins.pipeline import gather, run_filter, shard_score
 from datacomp_plugins.core.cache import ScoreCache
+from datacomp_plugins.core.pool import Pool
+from datacomp_plugins.pipeline import gather, run_filter, shard_score
 
 
 def ranks(x: np.ndarray) -> np.ndarray:

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import pyarrow as pa
+from datacomp_plugins.select.masks.masks import first_occurrence, threshold_mask, top_k_mask
 
 from datacomp_plugins.core.uids import UID_DTYPE, parse_hex, to_hex
-from datacomp_plugins.select.masks import first_occurrence, threshold_mask, top_k_mask
 
 
 def clock(fn):

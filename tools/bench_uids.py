@@ -29,7 +29,7 @@ from datacomp_plugins.core.uids import UID_DTYPE, sorted_unique, to_hex
 CHILD = """
 import json, resource, sys, time
 from datacomp_plugins.cli import main
-import datacomp_plugins.select.uidtools, datacomp_plugins.commands.uids
+import datacomp_plugins.select.masks.uidtools, datacomp_plugins.commands.uids
 argv = sys.argv[1:]
 before = resource.getrusage(resource.RUSAGE_SELF)
 started = time.perf_counter()

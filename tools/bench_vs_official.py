@@ -23,7 +23,9 @@ Usage: python tools/bench_vs_official.py [--shards 4] [--rows 16384 12288] [--ro
 
 from __future__ import annotations
 
-import datacomp_plugins  # noqa: F401  # first, as in the CLI: its environment settings precede torch's loading
+from datacomp_plugins import runtime
+
+runtime.configure()  # first, as in the CLI: its environment settings precede torch's loading
 
 # isort: split
 import argparse
@@ -42,11 +44,11 @@ import pyarrow.parquet as pq
 import torch
 from bench_negcliploss import write_pool  # tools/ is on sys.path when this file runs as a script
 
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.core.cache import ScoreCache
 from datacomp_plugins.core.pool import Pool
 from datacomp_plugins.core.uids import UID_DTYPE, parse_hex
-from datacomp_plugins.config import FilterConfig
 from datacomp_plugins.pipeline import gather, run_filter, shard_score
-from datacomp_plugins.core.cache import ScoreCache
 
 DIM = 768  # L/14
 IMAGE_KEY, TEXT_KEY, SCORE_COLUMN = "l14_img", "l14_txt", "clip_l14_similarity_score"

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from datacomp_plugins.apps.toy import KINDS, write_toy_pool
-from datacomp_plugins.core.uids import parse_hex
 from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.core.uids import parse_hex
 from datacomp_plugins.pipeline import run_filter
 
 

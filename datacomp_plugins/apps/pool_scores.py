@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datacomp_plugins.config import FilterConfig
+from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import ARCH_DIMS, Pool, Shard
 from datacomp_plugins.core.uids import UID_DTYPE
-from datacomp_plugins.config import FilterConfig
-from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
 from datacomp_plugins.scores.base import Score
-
 
 
 def score_names() -> tuple[str, ...]:

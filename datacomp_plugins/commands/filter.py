@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
-from datacomp_plugins.core.pool import ARCH_DIMS
 from datacomp_plugins.config import FilterConfig, baselines
+from datacomp_plugins.core.pool import ARCH_DIMS
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +16,8 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     from datacomp_plugins import config, scores
 
     group = parser.add_argument_group("negCLIPLoss / NormSim")
-    for name, _, f in config.RUN_SETTINGS:
-        _add(group, name, f)
+    for name, kind, f in config.RUN_SETTINGS:
+        _add(group, name, kind, f)
     group.add_argument("--no_progress", action="store_true", help="no progress bar")
     taken = {name for name, _, _ in config.DATACOMP_SETTINGS + config.RUN_SETTINGS}
     for spec in scores.registry().values():
@@ -25,18 +25,18 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         if own:
             section = parser.add_argument_group(f"{spec.name}: {spec.summary}")
             for f in own:
-                _add(section, f.name, f)
+                _add(section, f.name, str(f.type), f)
                 taken.add(f.name)
 
 
-def _add(group, name: str, f: dataclasses.Field) -> None:
+def _add(group, name: str, kind: str, f: dataclasses.Field) -> None:
     """One setting as a flag: its type, default, choices and help from the schema."""
     from datacomp_plugins.config import choices_of
 
     meta = f.metadata
     if not meta.get("flag", True):
         return
-    kind = str(f.type).split("|")[0].strip()
+    kind = kind.split("|")[0].strip()
     if kind == "bool":
         group.add_argument(f"--{name}", action="store_true", help=meta.get("help"))
         return

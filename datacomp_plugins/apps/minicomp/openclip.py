@@ -120,6 +120,9 @@ def _seeded_shuffle(data: Any, bufsize: int = 1000, initial: int = 100, rng: Any
 
 def _child(argv: Sequence[str]) -> int:
     """Entry of the training child: register the configs, seed the shuffle, run open_clip_train."""
+    from datacomp_plugins import runtime
+
+    runtime.configure()  # before open_clip loads torch, as in the parent command line
     configs, rest = json.loads(argv[0]), list(argv[1:])
     register(configs)
     import webdataset

@@ -1,6 +1,6 @@
 """``--engine ray``: score shards with Ray actors, on this machine or on a Ray cluster.
 
-The engine only fills the score cache (see :mod:`datacomp_plugins.engine`); selection then runs in the
+The engine only fills the score cache (see :mod:`datacomp_plugins.engines.base`); selection then runs in the
 main process from the cache, so the uid file is byte-identical to ``--engine local`` for the same inputs
 and seed (each shard's random batches come from the seed and the shard's name, not from a worker).
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Shard
-from datacomp_plugins.engine import Job
-from datacomp_plugins.scoring import ShardResult, score_shard
+from datacomp_plugins.engines.base import EngineOptions, Job
+from datacomp_plugins.scores.shard import ShardResult, score_shard
 
 INSTALL_HINT = "--engine ray: needs the 'ray' extra: pip install 'datacomp-plugins[ray]'"
 CONNECT_TIMEOUT_S = 5.0
@@ -43,6 +43,9 @@ class _Scorer:
     """
 
     def __init__(self, job: Job, threads: int, gpu: bool) -> None:
+        from datacomp_plugins import runtime
+
+        runtime.configure()  # before torch is loaded in this Ray worker process
         import torch
 
         if gpu:  # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, so the scores' "cuda" is that GPU
@@ -197,3 +200,14 @@ def run_ray(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int,
             ray.kill(actor)
         if owns:
             ray.shutdown()
+
+
+class RayEngine:
+    """Ray actors on this machine or a cluster. It takes only the shards the cache lacks, so an all-cached
+    rerun imports, starts and joins no Ray at all."""
+
+    uncached_only = True
+
+    def score(self, job: Job, shards: Sequence[Shard], options: EngineOptions) -> Iterator[ShardResult]:
+        """Score ``shards`` on Ray, yielding each result as it completes (see :func:`run_ray`)."""
+        return run_ray(job, shards, options.num_workers, options.num_gpus, options.ray_address)

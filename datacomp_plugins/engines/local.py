@@ -1,7 +1,6 @@
-"""Run "score one shard" over many shards: in this process, or in a pool of worker processes.
+"""``--engine local``: score shards in this process, or in a pool of worker processes on this machine.
 
-The score cache is the hand-off: an engine only has to make sure every shard's scores are in the cache,
-so engines can be swapped without touching selection, and a killed run resumes where it stopped.
+The engine only fills the score cache (the contract is in :mod:`datacomp_plugins.engines.base`).
 Workers split the machine's cores between them (torch intra-op threads) and, with ``num_gpus``, each
 takes one GPU, as DataComp's own workers do. Workers are started only for shards the cache lacks, end with
 their parent however it ends (see procs.py), and are terminated, not waited for, when the run is interrupted.
@@ -13,13 +12,12 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 
-from datacomp_plugins.core.pool import Pool, Shard
+from datacomp_plugins import runtime
+from datacomp_plugins.core.pool import Shard
 from datacomp_plugins.core.procs import bind_to_parent
-from datacomp_plugins.scoring import (
-    Score,
-    ScoreCache,
+from datacomp_plugins.engines.base import EngineOptions, Job
+from datacomp_plugins.scores.shard import (
     ShardResult,
     cached_rows,
     compute_shard,
@@ -27,22 +25,13 @@ from datacomp_plugins.scoring import (
     score_shard,
 )
 
-
-@dataclass(frozen=True)
-class Job:
-    """Everything a worker needs to score shards (picklable)."""
-
-    pool: Pool
-    cache: ScoreCache
-    scores: tuple[Score, ...]
-
-
 _JOB: Job | None = None
 
 
 def _init_worker(job: Job, threads: int, gpu_queue: mp.Queue | None, parent: int) -> None:
     global _JOB
     bind_to_parent(parent)
+    runtime.configure()  # before torch is loaded in this fresh (spawned) process
     import torch
 
     torch.set_num_threads(threads)
@@ -115,3 +104,17 @@ def run_local(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int
         _terminate(executor)
         raise
     executor.shutdown(wait=True)
+
+
+class LocalEngine:
+    """This machine: one process (reading ahead) or ``--num_workers`` spawn processes, one per GPU with GPUs.
+
+    It takes every shard and checks the cache itself: one process reads the cache in the read-ahead thread
+    while the previous shard computes, and several processes are started only for what the cache lacks.
+    """
+
+    uncached_only = False
+
+    def score(self, job: Job, shards: Sequence[Shard], options: EngineOptions) -> Iterator[ShardResult]:
+        """Score ``shards``, yielding each result as it completes (see :func:`run_local`)."""
+        return run_local(job, shards, options.num_workers, options.num_gpus)
