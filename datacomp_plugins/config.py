@@ -114,6 +114,12 @@ class _Stages:
         return self.baseline.relevance
 
 
+def type_name(kind: Any) -> str:
+    """A field's type as the schema writes it ("float", "str | None"), whether or not its module postpones
+    annotations (a score from another package may not)."""
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")
+
+
 def _score_settings() -> list[tuple[str, str, Any]]:
     """Every registered score's settings, each once (scores may share one, e.g. the NormSims' --target)."""
     seen: dict[str, tuple[str, dataclasses.Field, str]] = {}
@@ -125,11 +131,11 @@ def _score_settings() -> list[tuple[str, str, Any]]:
                 raise PluginError(f"score {spec.name}: setting {f.name!r} is one of the run's own")
             if f.name in seen:
                 kind, other, owner = seen[f.name]
-                if kind != str(f.type) or other.default != f.default:
+                if kind != type_name(f.type) or other.default != f.default:
                     raise PluginError(f"scores {owner} and {spec.name} both define {f.name!r}, differently")
                 continue
-            seen[f.name] = (str(f.type), f, spec.name)
-            out.append((f.name, str(f.type), field(default=f.default, metadata=f.metadata)))
+            seen[f.name] = (type_name(f.type), f, spec.name)
+            out.append((f.name, type_name(f.type), field(default=f.default, metadata=f.metadata)))
     return out
 
 

@@ -351,7 +351,7 @@ sys.meta_path.insert(0, _Missing())
 """
 
 
-@pytest.mark.parametrize("missing", ["datacomp_plugins", "datacomp_plugins.scoring"])
+@pytest.mark.parametrize("missing", ["datacomp_plugins", "datacomp_plugins.core.cache"])
 def test_patched_baselines_work_without_the_plugin(checkouts, tmp_path, missing):
     """Not installed: DataComp as before, silently; installed but broken: the same, with a warning."""
     prelude = BLOCK_IMPORT.format(module=missing)

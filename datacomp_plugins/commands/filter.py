@@ -25,7 +25,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         if own:
             section = parser.add_argument_group(f"{spec.name}: {spec.summary}")
             for f in own:
-                _add(section, f.name, str(f.type), f)
+                _add(section, f.name, config.type_name(f.type), f)
                 taken.add(f.name)
 
 
