@@ -18,7 +18,7 @@ from tqdm import tqdm
 from datacomp_plugins import provenance, scores
 from datacomp_plugins.config import FilterConfig, Summary, validate
 from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
-from datacomp_plugins.core.compute import Compute, decide
+from datacomp_plugins.core.compute import Compute, decide, device_for
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Pool
 from datacomp_plugins.core.uids import UID_DTYPE, save_uid_file
@@ -53,20 +53,20 @@ class Plan:
         """Whether anything is multiplied in --precision (else ``auto`` needs no probe)."""
         return any(spec is not None and spec.products for spec in (self.quality, self.relevance))
 
-    def shard_scores(self, config, compute: Compute, cache: ScoreCache) -> list[Score]:
-        """The per-shard scores to cache: the quality stage's (unless read exactly), then the relevance's."""
-        out = []
+    def shard_scores(self, config, compute: Compute, cache: ScoreCache) -> dict[str, Score]:
+        """The per-shard scores to cache, by stage: the quality stage's (unless read exactly), the relevance's."""
+        out = {}
         if self.quality is not None and not self.exact:
-            out.append(self.quality.shard_score(config, compute, cache))
+            out["quality"] = self.quality.shard_score(config, compute, cache)
         if self.relevance is not None and self.relevance.shard_score is not None:
-            out.append(self.relevance.shard_score(config, compute, cache))
+            out["relevance"] = self.relevance.shard_score(config, compute, cache)
         return out
 
 
 def shard_score(config, name: str, cache: ScoreCache | None = None) -> Score:
     """The cached per-shard score ``name`` with ``config``'s settings, as a run would build it (for the
     ``scores`` command, compare, tools and tests; NormSim needs ``cache`` for its materialised target)."""
-    compute = Compute(device="cuda" if config.num_gpus > 0 else "cpu", precision=config.precision,
+    compute = Compute(device=device_for(config.num_gpus), precision=config.precision,
                       block_rows=config.batch_size, progress=config.progress)
     return scores.get(name).shard_score(config, compute, cache)
 
@@ -260,26 +260,25 @@ def _run_filter(config) -> Summary:
     pool = Pool(config.metadata_dir)
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
     cache.sweep()
-    shard_scores = plan.shard_scores(config, compute, cache)
+    stage_scores = plan.shard_scores(config, compute, cache)
     summary = Summary(config.name, shards=len(pool.shards))
     if compute.note:
         summary.notes.append(compute.note)
-    summary.shards_scored = score_pool(pool, cache, tuple(shard_scores), config)
+    summary.shards_scored = score_pool(pool, cache, tuple(stage_scores.values()), config)
     if config.streaming:
-        return _run_streaming(config, plan, pool, cache, None if plan.exact else shard_scores[0], summary,
-                              started)
-    uids, columns = gather(pool, cache, tuple(shard_scores))
+        return _run_streaming(config, plan, pool, cache, stage_scores.get("quality"), summary, started)
+    uids, gathered = gather(pool, cache, tuple(stage_scores.values()))
+    columns = dict(zip(stage_scores, gathered, strict=True))
     if plan.exact:
-        columns = [exact_column(plan.quality, pool, config.arch, config.progress)]
-    quality_values = columns[0] if plan.quality is not None else None
-    relevance_values = columns[-1] if plan.relevance is not None and plan.relevance.shard_score else None
+        columns["quality"] = exact_column(plan.quality, pool, config.arch, config.progress)
+    quality_values, relevance_values = columns.get("quality"), columns.get("relevance")
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)
     summary.duplicates = summary.pool_rows - int(eligible.sum())
     eligible = _restrict(config, uids, eligible, summary)
     summary.pool_samples = int(eligible.sum())
     unscorable = np.zeros(len(uids), dtype=bool)
-    for values in columns:
+    for values in columns.values():
         unscorable |= ~np.isfinite(values)
     summary.unscorable = int((unscorable & eligible).sum())
     keep = _quality_stage(config, plan, quality_values, uids, eligible, summary.pool_samples, summary)

@@ -27,6 +27,7 @@ import fsspec
 import numpy as np
 
 from datacomp_plugins import __version__
+from datacomp_plugins.core.compute import device_for
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open, is_local, local_path
 
@@ -161,7 +162,7 @@ def filter_record(config, pool, cache, summary, stages: Sequence[dict[str, Any]]
         "parameters": dataclasses.asdict(config),
         "precision": config.precision,
         "engine": config.engine,
-        "device": "cuda" if config.num_gpus > 0 else "cpu",
+        "device": device_for(config.num_gpus),
         "pool": pool_record(pool, cache),
         "counts": {"pool_rows": summary.pool_rows, "duplicates": summary.duplicates,
                    "pool_samples": summary.pool_samples, "unscorable": summary.unscorable,
