@@ -37,18 +37,21 @@ PACKAGE = "datacomp_plugins"
 
 # Module -> the test files that exercise it, fastest and most pointed first (pytest stops at the first failure).
 TESTS: dict[str, list[str]] = {
-    "metrics": ["tests/test_adversarial_math.py", "tests/test_metrics.py"],
-    "scoring": ["tests/test_adversarial_math.py", "tests/test_filter.py"],
-    "select": ["tests/test_select.py", "tests/test_adversarial_uids.py", "tests/test_adversarial_math.py",
-               "tests/test_combine.py"],
-    "uids": ["tests/test_uids.py", "tests/test_adversarial_uids.py", "tests/test_uidtools.py"],
-    "uidtools": ["tests/test_uidtools.py", "tests/test_adversarial_uids.py"],
-    "dynamic": ["tests/test_normsim.py", "tests/test_adversarial_math.py"],
-    "filtering": ["tests/test_adversarial_math.py", "tests/test_combine.py", "tests/test_filter.py",
-                  "tests/test_normsim.py"],
-    "streaming": ["tests/test_streaming.py"],
+    "scores/metrics": ["tests/test_adversarial_math.py", "tests/test_metrics.py"],
+    "scores/negcliploss": ["tests/test_adversarial_math.py", "tests/test_filter.py"],
+    "scores/normsim": ["tests/test_adversarial_math.py", "tests/test_normsim.py"],
+    "core/cache": ["tests/test_adversarial_caches.py", "tests/test_filter.py"],
+    "select/masks": ["tests/test_select.py", "tests/test_adversarial_uids.py", "tests/test_adversarial_math.py",
+                     "tests/test_combine.py"],
+    "core/uids": ["tests/test_uids.py", "tests/test_adversarial_uids.py", "tests/test_uidtools.py"],
+    "select/uidtools": ["tests/test_uidtools.py", "tests/test_adversarial_uids.py"],
+    "scores/dynamic": ["tests/test_normsim.py", "tests/test_adversarial_math.py"],
+    "pipeline": ["tests/test_adversarial_math.py", "tests/test_combine.py", "tests/test_filter.py",
+                 "tests/test_normsim.py"],
+    "config": ["tests/test_adversarial_flags.py", "tests/test_filter.py", "tests/test_normsim.py"],
+    "select/streaming": ["tests/test_streaming.py"],
 }
-CORE = ["metrics", "select", "scoring", "uids", "dynamic"]
+CORE = ["scores/metrics", "select/masks", "scores/negcliploss", "core/uids", "scores/dynamic"]
 
 _COMPARE_SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
                   ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
