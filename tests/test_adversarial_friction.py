@@ -143,3 +143,27 @@ def test_datacomp_dir_points_at_a_checkout():
         pytest.skip("DATACOMP_DIR is not set")
     root = Path(os.environ["DATACOMP_DIR"])
     assert (root / "baselines.py").is_file() and (root / "scale_configs.py").is_file()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, cache_dir):
+    """``filter ... | head -1``: the uid file is complete; the unread summary is no traceback."""
+    import subprocess
+    import sys
+
+    uids = random_hex_uids(20, seed=4)
+    rng = np.random.default_rng(4)
+    write_shard(str(tmp_path / "pool"), "00000000", uids,
+                {"l14_img": unit_rows(rng, 20, 768), "l14_txt": unit_rows(rng, 20, 768)})
+    out = tmp_path / "out.npy"
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody will read the summary
+    try:
+        result = subprocess.run([sys.executable, "-m", "datacomp_plugins", "filter", "--name", "clip_score",
+                                 "--fraction", "0.5", "--metadata_dir", str(tmp_path / "pool"), "--save_path",
+                                 str(out), "--no_progress"], stdout=writer, stderr=subprocess.PIPE, text=True,
+                                check=False)
+    finally:
+        os.close(writer)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 141
+    assert len(np.load(out)) == 11  # DataComp's rule: floor(20 * 0.5) + 1 (no ties)
