@@ -27,8 +27,8 @@ from datacomp_plugins.core.uids import (
     sort_uids,
     sorted_unique,
 )
+from datacomp_plugins.select import hexfiles, uidtools
 from datacomp_plugins.select import masks as select
-from datacomp_plugins.select import uidtools
 
 LOW = 2**64
 A, B, C = 5 * LOW + 9, 5 * LOW + 11, 7 * LOW  # A and B share a high half
@@ -118,7 +118,7 @@ def test_writer_of_a_repeat_writes_it_once(tmp_path):
     assert save_uid_file(str(tmp_path / "s.npy"), arr([A, A])) == 1
     assert ints(np.load(tmp_path / "s.npy")) == [A]
     told: list[str] = []
-    uidtools.write_hex(str(tmp_path / "h.txt"), arr([B, B, C]), told.append)
+    hexfiles.write_hex(str(tmp_path / "h.txt"), arr([B, B, C]), told.append)
     assert (tmp_path / "h.txt").read_text() == f"{B:032x}\n{C:032x}\n"
     assert len(told) == 1 and "1 duplicates" in told[0]
 

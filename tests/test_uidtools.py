@@ -15,7 +15,7 @@ from conftest import make_pool
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.uids import UID_DTYPE, sort_uids, sorted_unique
-from datacomp_plugins.select import uidtools
+from datacomp_plugins.select import hexfiles, uidtools
 
 LOW = 2**64
 
@@ -166,7 +166,7 @@ def test_from_hex_text_matches_divmod(tmp_path, capsys):
 
 def test_from_hex_text_across_blocks(tmp_path, monkeypatch):
     """Lines split between read blocks, and a last line without newline, still parse."""
-    monkeypatch.setattr(uidtools, "TEXT_BLOCK_BYTES", 50)
+    monkeypatch.setattr(hexfiles, "TEXT_BLOCK_BYTES", 50)
     values = tricky_values(random.Random(12), 40)
     source = tmp_path / "uids.txt"
     source.write_text("\n\n".join(f"{v:032x}" for v in values))
@@ -176,7 +176,7 @@ def test_from_hex_text_across_blocks(tmp_path, monkeypatch):
 
 
 def test_to_hex_and_round_trip(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(uidtools, "CHUNK_ROWS", 7)  # several chunks
+    monkeypatch.setattr(hexfiles, "CHUNK_ROWS", 7)  # several chunks
     values = tricky_values(random.Random(13), 100)
     source = save(tmp_path / "a.npy", values)
     text = tmp_path / "a.txt"
@@ -193,7 +193,7 @@ def test_to_hex_and_round_trip(tmp_path, monkeypatch, capsys):
 
 
 def test_from_hex_parquet_column(tmp_path, monkeypatch):
-    monkeypatch.setattr(uidtools, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(hexfiles, "CHUNK_ROWS", 16)
     values = tricky_values(random.Random(14), 90)
     source = tmp_path / "uids.parquet"
     hexes = [f"{v:032X}" if i % 2 else f"{v:032x}" for i, v in enumerate(values)]
@@ -293,7 +293,7 @@ def test_missing_input_is_named(tmp_path, capsys, command):
 @pytest.mark.parametrize("block_bytes", [64, 1 << 20])
 def test_malformed_hex_line_is_named(tmp_path, capsys, monkeypatch, bad, block_bytes):
     """Letters, too long, inner space, non-ASCII, and a bad digit in a fixed-width 32-character file."""
-    monkeypatch.setattr(uidtools, "TEXT_BLOCK_BYTES", block_bytes)  # 64: the bad line sits in a later block
+    monkeypatch.setattr(hexfiles, "TEXT_BLOCK_BYTES", block_bytes)  # 64: the bad line sits in a later block
     source = tmp_path / "uids.txt"
     good = [f"{v:032x}" for v in range(1, 6)]
     blank = [] if len(bad) == 32 else ["", ""]
@@ -307,7 +307,7 @@ def test_malformed_hex_line_is_named(tmp_path, capsys, monkeypatch, bad, block_b
                                              ("0" * 31 + "g", "'" + "0" * 31 + "g'", 32)])
 def test_malformed_parquet_row_is_named(tmp_path, capsys, monkeypatch, bad, shown, width):
     """Row numbers count across read batches; a bad value of width 32 takes the fixed-width fast path."""
-    monkeypatch.setattr(uidtools, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(hexfiles, "CHUNK_ROWS", 4)
     source = tmp_path / "uids.parquet"
     pq.write_table(pa.table({"uid": [f"{v:032x}" for v in range(9)] + [bad, "1" * 32]}), source)
     expect_refusal(capsys, ["uids", "from-hex", str(source), "-o", str(tmp_path / "out.npy")],
@@ -339,7 +339,7 @@ def test_failed_write_leaves_no_output(tmp_path, capsys, monkeypatch):
         yield b"00000000000000000000000000000001\n"
         raise OSError("disk full")
 
-    monkeypatch.setattr(uidtools, "hex_blocks", broken)
+    monkeypatch.setattr(hexfiles, "hex_blocks", broken)
     assert main(["uids", "to-hex", a, "-o", str(tmp_path / "a.txt")]) == 2
     assert "a.txt: writing failed (disk full)" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["a.npy"]

@@ -156,11 +156,11 @@ def run_from_hex(args: argparse.Namespace) -> int:
     from datacomp_plugins import provenance
     from datacomp_plugins.core.fileio import check_writable
     from datacomp_plugins.core.uids import sorted_unique
-    from datacomp_plugins.select import uidtools
+    from datacomp_plugins.select import hexfiles
 
     started = time.perf_counter()
     check_writable(args.output, "-o")
-    parsed = uidtools.read_hex_file(args.input, column=args.column)
+    parsed = hexfiles.read_hex_file(args.input, column=args.column)
     result = sorted_unique(parsed)
     provenance.save_uid_array(args.output, result, "uids from-hex", [args.input], [len(parsed)],
                               time.perf_counter() - started)
@@ -172,11 +172,11 @@ def run_from_hex(args: argparse.Namespace) -> int:
 def run_to_hex(args: argparse.Namespace) -> int:
     """Sorted unique hex text, whatever the input's order."""
     from datacomp_plugins.core.fileio import check_writable
-    from datacomp_plugins.select import uidtools
+    from datacomp_plugins.select import hexfiles, uidtools
 
     started = time.perf_counter()
     check_writable(args.output, "-o")
     uids = uidtools.load_sorted(args.file, _warn)
-    uidtools.write_hex(args.output, uids)
+    hexfiles.write_hex(args.output, uids)
     print(f"to-hex: {len(uids):,} uids from {args.file} -> {args.output} in {time.perf_counter() - started:.2f} s")
     return 0
