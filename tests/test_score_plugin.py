@@ -109,6 +109,15 @@ def test_filter_and_recipe_run_a_score_from_another_package(plugin, tmp_path, ca
     assert result.returncode == 0, result.stderr
     assert np.array_equal(np.load(tmp_path / "recipe.npy"), _expected(by_length, 20))
 
+    # the ``scores`` table offers it too, with its own setting
+    table_path = tmp_path / "scores.parquet"
+    result = _cli("scores", "--metadata_dir", str(tmp_path / "pool"), "--scores", "caption_length,clip_score",
+                  "--caption_weight", "0.5", "--out", str(table_path), "--no_progress")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(table_path).to_pydict()
+    lengths = dict(zip(table["uid"], table["caption_length"], strict=True))
+    assert sorted(lengths.values()) == [0.5 * k for k in range(1, 41)]
+
     # as a quality stage before NormSim, named by --quality_score
     target = tmp_path / "target.npy"
     np.save(target, unit_rows(np.random.default_rng(1), 8, 768))

@@ -7,9 +7,9 @@ parameters), and are handed out shard by shard so a pool larger than memory can 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,23 +31,22 @@ DEFAULT_SCORES = ("clip_score", "negcliploss")
 
 @dataclass
 class ScoreSettings:
-    """What the scores depend on; names and defaults as in ``filter``, so both share cache entries."""
+    """What the scores depend on; names and defaults as in ``filter``, so both share cache entries.
+
+    ``params`` holds the registered scores' own settings by name (``target``, ``num_batches``, a plugin's);
+    one not given takes its default, as in ``filter``.
+    """
 
     metadata_dir: str
     arch: str = "l14"
     scores: tuple[str, ...] = DEFAULT_SCORES
-    target: str | None = None
-    target_key: str | None = None
-    num_batches: int = 10
-    negcliploss_batch_size: int = 32768
-    temperature: float = 0.01
-    seed: int = 0
     precision: str = "fp32"
     num_workers: int = 1
     num_gpus: int = 0
     batch_size: int = 0
     cache_dir: str | None = None
     progress: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_score_names(text: str | None, target: str | None, flag: str = "--scores") -> tuple[str, ...]:
@@ -75,24 +74,23 @@ def _config(settings: ScoreSettings, name: str) -> FilterConfig:
     return FilterConfig(
         name=name if name in scores.registry() else "negcliploss", metadata_dir=settings.metadata_dir,
         save_path="-", arch=settings.arch, fraction=1.0, num_workers=settings.num_workers,
-        num_gpus=settings.num_gpus, batch_size=settings.batch_size, num_batches=settings.num_batches,
-        negcliploss_batch_size=settings.negcliploss_batch_size, temperature=settings.temperature,
-        seed=settings.seed, precision=settings.precision, cache_dir=settings.cache_dir, target=settings.target,
-        target_key=settings.target_key, normsim_fraction=1.0 if relevance else None,
-        progress=settings.progress)
+        num_gpus=settings.num_gpus, batch_size=settings.batch_size, precision=settings.precision,
+        cache_dir=settings.cache_dir, normsim_fraction=1.0 if relevance else None, progress=settings.progress,
+        **settings.params)
 
 
 def check_settings(settings: ScoreSettings) -> None:
-    """The flag checks that need no data."""
+    """The checks that need no data: the arch, then every number against its range (as ``filter`` does)."""
+    from datacomp_plugins.config import number_ranges
+
     if settings.arch not in ARCH_DIMS:
         raise PluginError(f"--arch {settings.arch}: expected one of {sorted(ARCH_DIMS)}")
-    for flag in ("num_batches", "negcliploss_batch_size"):
-        if getattr(settings, flag) < 1:
-            raise PluginError(f"--{flag} {getattr(settings, flag)}: must be at least 1")
-    if not (settings.temperature > 0 and math.isfinite(settings.temperature)):
-        raise PluginError(f"--temperature {settings.temperature}: must be a positive number")
-    if settings.num_workers < 0 or settings.num_gpus < 0 or settings.batch_size < 0:
-        raise PluginError("--num_workers, --num_gpus and --batch_size must not be negative")
+    ranges = number_ranges()
+    values = {"num_workers": settings.num_workers, "num_gpus": settings.num_gpus,
+              "batch_size": settings.batch_size, **settings.params}
+    for name, value in values.items():
+        if name in ranges:
+            ranges[name].check(value, f"--{name}")
 
 
 class PoolScores:

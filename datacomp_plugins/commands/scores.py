@@ -10,16 +10,14 @@ from datacomp_plugins.core.pool import ARCH_DIMS
 
 
 def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> None:
-    """Flags that define the scores (same names and defaults as ``filter``, so the cache is shared)."""
+    """Flags that define the scores: the run's compute settings and every registered score's own settings,
+    with the names and defaults of ``filter`` (so the cache is shared)."""
+    from datacomp_plugins import scores
+    from datacomp_plugins.commands.filter import _add
+    from datacomp_plugins.config import type_name
+
     parser.add_argument("--arch", choices=sorted(ARCH_DIMS), default="l14", help="which CLIP embeddings to use")
     parser.add_argument("--scores", default=None, help=scores_help)
-    parser.add_argument("--target", default=None,
-                        help="normsim2/normsiminf: 'in1k' or a .npy/.npz/.pt file or folder of target embeddings")
-    parser.add_argument("--target_key", default=None, help="array name inside a .npz target")
-    parser.add_argument("--num_batches", type=int, default=10, help="negCLIPLoss: K random batches")
-    parser.add_argument("--negcliploss_batch_size", type=int, default=32768, help="negCLIPLoss: batch size B")
-    parser.add_argument("--temperature", type=float, default=0.01, help="negCLIPLoss: teacher temperature")
-    parser.add_argument("--seed", type=int, default=0, help="negCLIPLoss: seed of the random batches")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="dtype of the matrix products")
     parser.add_argument("--num_workers", type=int, default=1, help="worker processes scoring shards")
@@ -27,18 +25,33 @@ def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> No
     parser.add_argument("--batch_size", type=int, default=0, help="logit rows held at once (0: automatic)")
     parser.add_argument("--cache_dir", default=None, help="score cache (None: as for filter)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    seen = set()
+    for spec in scores.registry().values():
+        if spec.shard_score is None:
+            continue
+        for f in spec.settings():
+            if f.name not in seen:
+                seen.add(f.name)
+                _add(parser, f.name, type_name(f.type), f)
+
+
+def score_params(args: argparse.Namespace) -> dict:
+    """The registered scores' settings from parsed flags, by name."""
+    from datacomp_plugins import scores
+
+    return {f.name: getattr(args, f.name) for spec in scores.registry().values() if spec.shard_score is not None
+            for f in spec.settings() if hasattr(args, f.name)}
 
 
 def settings_from_args(args: argparse.Namespace, metadata_dir: str):
     """ScoreSettings from parsed flags (``--scores`` checked here, before any work)."""
     from datacomp_plugins.apps.pool_scores import ScoreSettings, parse_score_names
 
+    params = score_params(args)
     return ScoreSettings(
-        metadata_dir=metadata_dir, arch=args.arch, scores=parse_score_names(args.scores, args.target),
-        target=args.target, target_key=args.target_key, num_batches=args.num_batches,
-        negcliploss_batch_size=args.negcliploss_batch_size, temperature=args.temperature, seed=args.seed,
+        metadata_dir=metadata_dir, arch=args.arch, scores=parse_score_names(args.scores, params.get("target")),
         precision=args.precision, num_workers=args.num_workers, num_gpus=args.num_gpus,
-        batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress)
+        batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress, params=params)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
