@@ -121,21 +121,30 @@ def type_name(kind: Any) -> str:
 
 
 def _score_settings() -> list[tuple[str, str, Any]]:
-    """Every registered score's settings, each once (scores may share one, e.g. the NormSims' --target)."""
-    seen: dict[str, tuple[str, dataclasses.Field, str]] = {}
-    taken = {name for name, _, _ in DATACOMP_SETTINGS + RUN_SETTINGS}
+    """Every registered score's settings, each once (scores may share one, e.g. the NormSims' --target).
+
+    A score from another package whose setting collides with one of ours (or with another score's, typed or
+    defaulted differently) is dropped with a warning, so it cannot take the built-in baselines down.
+    """
+    import sys
+
+    run = {name for name, _, _ in DATACOMP_SETTINGS + RUN_SETTINGS}
+    seen: dict[str, tuple[str, Any]] = {}
     out = []
-    for spec in scores.registry().values():
-        for f in spec.settings():
-            if f.name in taken:
-                raise PluginError(f"score {spec.name}: setting {f.name!r} is one of the run's own")
-            if f.name in seen:
-                kind, other, owner = seen[f.name]
-                if kind != type_name(f.type) or other.default != f.default:
-                    raise PluginError(f"scores {owner} and {spec.name} both define {f.name!r}, differently")
-                continue
-            seen[f.name] = (type_name(f.type), f, spec.name)
-            out.append((f.name, type_name(f.type), field(default=f.default, metadata=f.metadata)))
+    for spec in list(scores.registry().values()):
+        own = [(f, type_name(f.type)) for f in spec.settings()]
+        clash = [f.name for f, kind in own if f.name in run or (f.name in seen and seen[f.name] != (kind, f.default))]
+        if clash:
+            if spec.name in scores.BUILTIN:
+                raise PluginError(f"score {spec.name}: setting(s) {clash} collide with another's")
+            print(f"warning: score {spec.name!r} not offered: its setting(s) {clash} collide with another's",
+                  file=sys.stderr)
+            scores.registry().pop(spec.name)
+            continue
+        for f, kind in own:
+            if f.name not in seen:
+                seen[f.name] = (kind, f.default)
+                out.append((f.name, kind, field(default=f.default, metadata=f.metadata)))
     return out
 
 

@@ -142,6 +142,30 @@ def test_a_broken_plugin_leaves_the_built_in_scores(tmp_path, monkeypatch, cache
     assert "score 'broken' (no_such_module:SPEC) not offered" in result.stderr
 
 
+def test_a_plugin_whose_setting_collides_is_dropped(tmp_path, monkeypatch, cache_dir):
+    """A plugin may not redefine a run setting (--fraction) or another score's (--seed, differently)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for name, setting_line in (("grabs_fraction", "fraction: float = setting(0.5, 'mine')"),
+                               ("grabs_seed", "seed: str = setting('x', 'mine')")):
+        (site / f"{name}.py").write_text(PLUGIN.replace("caption_length", name).replace(
+            'caption_weight: float = setting(1.0, "{name}: multiplies the length", Range(float, 0.0, 10.0))'
+            .format(name=name), setting_line).replace("config.caption_weight", "1.0"))
+    info = site / "collide-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: collide\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[datacomp_plugins.scores]\ngrabs_fraction = grabs_fraction:SPEC\n"
+                                           "grabs_seed = grabs_seed:SPEC\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    _pool(tmp_path / "pool")
+    result = _cli("filter", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"), "--fraction", "0.5",
+                  "--save_path", str(tmp_path / "out.npy"), "--no_progress")
+    assert result.returncode == 0, result.stderr
+    assert "score 'grabs_fraction' not offered: its setting(s) ['fraction'] collide" in result.stderr
+    assert "score 'grabs_seed' not offered: its setting(s) ['seed'] collide" in result.stderr
+    assert "invalid choice: 'grabs_seed'" in _cli("filter", "--name", "grabs_seed").stderr
+
+
 def _datacomp_dir() -> Path:
     folder = os.environ.get("DATACOMP_DIR")
     if not folder or not (Path(folder) / "baselines.py").is_file():
