@@ -149,8 +149,8 @@ def test_a_plugin_whose_setting_collides_is_dropped(tmp_path, monkeypatch, cache
     for name, setting_line in (("grabs_fraction", "fraction: float = setting(0.5, 'mine')"),
                                ("grabs_seed", "seed: str = setting('x', 'mine')")):
         (site / f"{name}.py").write_text(PLUGIN.replace("caption_length", name).replace(
-            'caption_weight: float = setting(1.0, "{name}: multiplies the length", Range(float, 0.0, 10.0))'
-            .format(name=name), setting_line).replace("config.caption_weight", "1.0"))
+            f'caption_weight: float = setting(1.0, "{name}: multiplies the length", Range(float, 0.0, 10.0))'
+            , setting_line).replace("config.caption_weight", "1.0"))
     info = site / "collide-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: collide\nVersion: 1.0\n")
