@@ -29,7 +29,7 @@ import numpy as np
 from datacomp_plugins import __version__
 from datacomp_plugins.core.compute import device_for
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open, is_local, local_path
+from datacomp_plugins.core.fileio import atomic_open, is_local, local_path, sha256_file
 
 FORMAT = "datacomp-plugins provenance 1"
 SUFFIX = ".json"
@@ -38,15 +38,6 @@ SUFFIX = ".json"
 def sidecar_path(uid_path: str) -> str:
     """``out.npy`` -> ``out.npy.json`` (beside the file, whatever its name)."""
     return f"{uid_path}{SUFFIX}"
-
-
-def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes, streamed (uid files reach hundreds of MB)."""
-    digest = hashlib.sha256()
-    with fsspec.open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_commit() -> str | None:
@@ -135,7 +126,7 @@ def save_with_sidecar(path: str, save: Callable[[], int], record: dict[str, Any]
         "format": FORMAT,
         "uid_file": path,
         "uid_count": int(count),
-        "uid_sha256": file_sha256(path),
+        "uid_sha256": sha256_file(path),
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command_line": list(sys.argv),
         "package": {"name": "datacomp-plugins", "version": __version__, "commit": package_commit()},
@@ -177,7 +168,7 @@ def inputs_record(paths: Sequence[str], counts: Sequence[int]) -> list[dict[str,
     """Input uid files of a set operation: path, count, sha256 and the operation that made each (if known)."""
     out = []
     for path, count in zip(paths, counts, strict=True):
-        entry: dict[str, Any] = {"path": path, "count": int(count), "sha256": file_sha256(path)}
+        entry: dict[str, Any] = {"path": path, "count": int(count), "sha256": sha256_file(path)}
         parent = read_sidecar(path)
         if parent is not None:
             entry["made_by"] = parent.get("operation")
@@ -205,7 +196,7 @@ def read_sidecar(uid_path: str) -> dict[str, Any] | None:
 def describe(data: dict[str, Any], uid_path: str) -> list[str]:
     """Human-readable lines for ``uids info``."""
     lines = [f"provenance: {sidecar_path(uid_path)}"]
-    actual = file_sha256(uid_path)
+    actual = sha256_file(uid_path)
     match = "matches the file" if actual == data.get("uid_sha256") else "DOES NOT match the file (stale sidecar)"
     lines.append(f"  sha256: {data.get('uid_sha256')} ({match})")
     package = data.get("package", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 import zlib
@@ -187,3 +188,12 @@ def load_npy_checked(path: str, verify: bool = True, mmap: bool = True) -> np.nd
     if verify and f"{zlib.crc32(np.ascontiguousarray(array)):08x}" != expected:
         return None
     return array
+
+
+def sha256_file(path: str) -> str:
+    """sha256 of a file's bytes (a path or fsspec URL), streamed: uid files and shards reach hundreds of MB."""
+    digest = hashlib.sha256()
+    with fsspec.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open, load_npy_checked, save_npy_checked
+from datacomp_plugins.core.fileio import atomic_open, load_npy_checked, save_npy_checked, sha256_file
 
 IN1K_BASE_URL = "https://github.com/sagadre/datacomp_baseline_assets/releases/download/v0.1.0-alpha/"
 IN1K_SHA256 = {
@@ -35,14 +35,6 @@ TARGET_SUFFIXES = (".npy", ".npz", ".pt")
 def datacomp_cache_dir() -> str:
     """DataComp's asset cache (``~/.cache/datacomp``), overridable for tests and shared clusters."""
     return os.environ.get(DATACOMP_CACHE_ENV) or os.path.expanduser("~/.cache/datacomp")
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, path: str) -> None:
@@ -67,7 +59,7 @@ def fetch_asset(name: str, base_url: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{name}.pt")
     for attempt in range(2):
-        if os.path.isfile(path) and sha256_of(path) == expected:
+        if os.path.isfile(path) and sha256_file(path) == expected:
             return path
         if attempt == 1:
             break

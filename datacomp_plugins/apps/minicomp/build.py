@@ -13,7 +13,6 @@ An OUT that holds another world (or anything else) is refused: a build never mix
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import multiprocessing
@@ -28,7 +27,7 @@ import numpy as np
 from datacomp_plugins.apps.minicomp import render
 from datacomp_plugins.apps.minicomp.world import COMPONENTS, World, class_name, component_counts, load_world
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open, atomic_save_npy
+from datacomp_plugins.core.fileio import atomic_open, atomic_save_npy, sha256_file
 
 STATE_FILE = ".minicomp-build.json"
 EVAL_SHARD = 10000
@@ -92,14 +91,6 @@ def world_toml(data: dict[str, Any]) -> str:
         lines.append("\n[[tasks]]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in task.items())
     return "\n".join(lines).lstrip() + "\n"
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ uninterrupted run (see ``student.py``). Every stage writes to a temporary name a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open
+from datacomp_plugins.core.fileio import atomic_open, sha256_file
 
 DEFAULT_BASELINES = (
     "no_filter",
@@ -242,10 +241,6 @@ def _write_json(path: Path, data: dict) -> None:
         handle.write("\n")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, data_dir: Path,
              uids_sha: str) -> dict:
     """Train and evaluate one student; returns its stage times. Skipped (times read back) when done."""
@@ -318,7 +313,7 @@ def run_all(settings: RunSettings) -> list[str]:
             reshard(datacomp, settings.out / "shards", uids_path, folder / "shards", folder / "resharder.log")
             times["reshard"] = time.perf_counter() - start
             _write_json(times_path, times)
-        uids_sha = _sha256(uids_path)
+        uids_sha = sha256_file(str(uids_path))
         for seed in settings.seeds:
             bar.set_postfix_str(f"{baseline} seed {seed}: train + eval")
             run_pair(settings, datacomp, baseline, seed, folder / "shards", uids_sha)
