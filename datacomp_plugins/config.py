@@ -149,11 +149,9 @@ def _score_settings() -> list[tuple[str, str, Any]]:
 
 
 def _build_config() -> type:
-    spec = [(name, kind, dataclasses.field(default=f.default, default_factory=f.default_factory,
-                                           metadata=f.metadata) if f.default is not dataclasses.MISSING
-             or f.default_factory is not dataclasses.MISSING else dataclasses.field(metadata=f.metadata))
-            for name, kind, f in DATACOMP_SETTINGS + RUN_SETTINGS + _score_settings()]
-    config = dataclasses.make_dataclass("FilterConfig", spec, bases=(_Stages,))
+    """FilterConfig: DataComp's flags, the run's settings, then every registered score's (built once)."""
+    config = dataclasses.make_dataclass("FilterConfig", DATACOMP_SETTINGS + RUN_SETTINGS + _score_settings(),
+                                        bases=(_Stages,))
     config.__module__ = __name__  # pickles by name (worker processes, Ray)
     config.__doc__ = ("All settings of one filter run; names match the command line (DataComp's where they exist) "
                       "and recipe keys.")
