@@ -120,6 +120,13 @@ def test_bad_subset_is_a_clear_error(quick_world, tmp_path, capsys, case):
     assert not (tmp_path / "runs").exists()  # refused before any work
 
 
+def test_bad_jobs_is_a_clear_error(quick_world, tmp_path, capsys):
+    assert _run_cli([str(quick_world), "--quick", "--jobs", "0", "--runs_dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --jobs 0: expected at least 1") and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------- the quick run
 
 
@@ -127,7 +134,7 @@ def test_bad_subset_is_a_clear_error(quick_world, tmp_path, capsys, case):
 def quick_runs(quick_world):
     if not os.environ.get("DATACOMP_DIR"):
         pytest.skip("DATACOMP_DIR is not set")
-    assert _run_cli([str(quick_world), "--quick"]) == 0
+    assert _run_cli([str(quick_world), "--quick", "--jobs", "2"]) == 0
     return Path(quick_world)
 
 
@@ -260,15 +267,16 @@ def test_student_loads_in_datacomp_create_model_and_matches_a_direct_evaluation(
 
 @needs_datacomp
 def test_seeded_rerun_after_a_kill_gives_identical_results(quick_runs, tmp_path):
-    """Retrain negcliploss_30's subset under another name: killed after its first checkpoint, then resumed.
+    """Retrain negcliploss_30's subset under another name, alone: killed after its first checkpoint, resumed.
 
     Its eval_results.jsonl must equal the uninterrupted quick run's byte for byte: the same seed gives the same
-    student, and a kill + resume gives what an uninterrupted run gives.
+    student, a kill + resume gives what an uninterrupted run gives, and a student trained alone (``--jobs 1``)
+    gives what one trained beside others gives (the quick run trains ``--jobs 2`` at once).
     """
     uids = quick_runs / "runs" / "negcliploss_30" / "uids.npy"
     runs = tmp_path / "runs"
     argv = [sys.executable, "-m", "datacomp_plugins", "minicomp", "run", str(quick_runs), "--quick",
-            "--baselines", "", "--subset", f"again={uids}", "--runs_dir", str(runs), "--no_progress"]
+            "--baselines", "", "--subset", f"again={uids}", "--runs_dir", str(runs), "--no_progress", "--jobs", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     checkpoint = runs / "again" / "seed0" / "train" / "checkpoints" / "epoch_latest.pt"
     process = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,

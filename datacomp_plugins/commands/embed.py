@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
-
-
-def _cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+from datacomp_plugins.core.procs import available_cpus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "'train/{000..009}.tar'; several may be given; local paths or fsspec URLs")
     parser.add_argument("--out", required=True, help="output .npy path (written atomically)")
     parser.add_argument("--batch_size", type=int, default=256, help="images encoded at once")
-    parser.add_argument("--num_workers", type=int, default=min(8, _cpus()),
+    parser.add_argument("--num_workers", type=int, default=min(8, available_cpus()),
                         help="image decoding processes (0: decode in the main process); does not change "
                              "the output order")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

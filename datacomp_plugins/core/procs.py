@@ -98,6 +98,13 @@ def bind_to_parent(parent: int) -> None:
 
 # --- temporaries named by their owner ------------------------------------------------------------------
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count): the default parallelism."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 

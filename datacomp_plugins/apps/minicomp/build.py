@@ -456,7 +456,9 @@ def build(out: str, world_path: str | None = None, quick: bool = False, seed: in
     """The ``minicomp build`` command; returns the manifest and prints a summary."""
     world = load_world(world_path, quick=quick, seed=seed)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from datacomp_plugins.core.procs import available_cpus
+
+        workers = available_cpus()
     builder = Builder(out, world, workers, progress)
     manifest = builder.run()
     counts = manifest["counts"]["pool"]

@@ -12,18 +12,26 @@ Layout under the runs folder (default ``OUT/runs``)::
 A (baseline, seed) pair is done when its ``eval_results.jsonl`` exists; a rerun skips it. A pair killed while
 training resumes from its last finished epoch (``--resume latest``) and ends with the same checkpoint as an
 uninterrupted run (see ``student.py``). Every stage writes to a temporary name and renames when complete.
+
+Students train concurrently (``--jobs``, default one per CPU): each is a child process with one torch thread
+and one dataloader worker, which leaves a core partly idle, and its checkpoint depends on its seed alone, so
+the results do not depend on how many train at once. Filtering and evaluation run in this process, one at a
+time; a baseline's students start as soon as its shards are written, while the next baseline is prepared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +77,7 @@ class RunSettings:
     train_num_samples: int
     subsets: dict[str, Path] = field(default_factory=dict)
     progress: bool = True
+    jobs: int = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples_seen", type=int, default=None,
                         help="samples seen by every student (default: the scale config's train_num_samples)")
     parser.add_argument("--runs_dir", default=None, help="where the runs go (default: OUT/runs)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="students trained at once (default: one per CPU); results do not depend on it")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -124,8 +135,15 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     if not baselines and not subsets:
         raise PluginError("--baselines is empty and no --subset given: nothing to run")
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
+    jobs = getattr(args, "jobs", None)
+    if jobs is None:
+        from datacomp_plugins.core.procs import available_cpus
+
+        jobs = available_cpus()
+    if jobs < 1:
+        raise PluginError(f"--jobs {jobs}: expected at least 1")
     return RunSettings(out, runs_dir, baselines, list(range(seeds)), scale_name, samples, subsets,
-                       not args.no_progress)
+                       not args.no_progress, jobs)
 
 
 def _check_subset_file(flag: str, path: Path) -> np.ndarray:
@@ -242,8 +260,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, data_dir: Path,
-             uids_sha: str) -> dict:
-    """Train and evaluate one student; returns its stage times. Skipped (times read back) when done."""
+             uids_sha: str, in_process: threading.Lock | None = None) -> dict:
+    """Train and evaluate one student; returns its stage times. Skipped (times read back) when done.
+
+    ``in_process`` is held while the student is evaluated in this process (training is a child process).
+    """
     from datacomp_plugins.apps.minicomp import evaluate, student
 
     folder = settings.runs_dir / baseline / f"seed{seed}"
@@ -270,12 +291,14 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
     student.train(argv, config_path, seed, folder / "train.log")
     times["train"] = times.get("train", 0.0) + time.perf_counter() - start
     _write_json(times_path, times)
-    start = time.perf_counter()
-    student.register_model(config_path)
-    checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
-    tasks = evaluate.list_tasks(settings.out / "evalsets")
-    records = evaluate.evaluate_checkpoint(datacomp, scale["model"], checkpoint, settings.out / "evalsets", tasks)
-    times["eval"] = time.perf_counter() - start
+    with in_process or contextlib.nullcontext():
+        start = time.perf_counter()
+        student.register_model(config_path)
+        checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
+        tasks = evaluate.list_tasks(settings.out / "evalsets")
+        records = evaluate.evaluate_checkpoint(datacomp, scale["model"], checkpoint, settings.out / "evalsets",
+                                               tasks)
+        times["eval"] = time.perf_counter() - start
     _write_json(times_path, times)
     with atomic_open(str(results), "w") as handle:
         for record in records:
@@ -283,8 +306,29 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
     return times
 
 
+def prepare(settings: RunSettings, datacomp: Path, baseline: str) -> tuple[Path, str, str | None]:
+    """The baseline's uid file and DataComp-resharded shards (kept when present): (shards, uids sha256, summary)."""
+    folder = settings.runs_dir / baseline
+    folder.mkdir(parents=True, exist_ok=True)
+    times_path = folder / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    uids_path = folder / "uids.npy"
+    line = None
+    if not uids_path.is_file():
+        start = time.perf_counter()
+        line = make_subset(settings, baseline, uids_path)
+        times["filter"] = time.perf_counter() - start
+        _write_json(times_path, times)
+    if not (folder / "shards").is_dir():
+        start = time.perf_counter()
+        reshard(datacomp, settings.out / "shards", uids_path, folder / "shards", folder / "resharder.log")
+        times["reshard"] = time.perf_counter() - start
+        _write_json(times_path, times)
+    return folder / "shards", sha256_file(str(uids_path)), line
+
+
 def run_all(settings: RunSettings) -> list[str]:
-    """Every (baseline, seed) pair, then the report; returns the summary lines."""
+    """Every (baseline, seed) pair, ``settings.jobs`` students at a time, then the report; returns the summary."""
     from tqdm import tqdm
 
     from datacomp_plugins.apps.minicomp import runreport, student
@@ -295,36 +339,41 @@ def run_all(settings: RunSettings) -> list[str]:
     lines = []
     pairs = [(b, s) for b in names for s in settings.seeds]
     bar = tqdm(total=len(pairs), desc="minicomp run", unit="student", disable=not settings.progress)
-    for baseline in names:
-        folder = settings.runs_dir / baseline
-        folder.mkdir(parents=True, exist_ok=True)
-        times_path = folder / "times.json"
-        times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-        uids_path = folder / "uids.npy"
-        if not uids_path.is_file():
-            start = time.perf_counter()
-            bar.set_postfix_str(f"{baseline}: filter")
-            lines.append(make_subset(settings, baseline, uids_path))
-            times["filter"] = time.perf_counter() - start
-            _write_json(times_path, times)
-        if not (folder / "shards").is_dir():
-            start = time.perf_counter()
-            bar.set_postfix_str(f"{baseline}: reshard")
-            reshard(datacomp, settings.out / "shards", uids_path, folder / "shards", folder / "resharder.log")
-            times["reshard"] = time.perf_counter() - start
-            _write_json(times_path, times)
-        uids_sha = sha256_file(str(uids_path))
-        for seed in settings.seeds:
-            bar.set_postfix_str(f"{baseline} seed {seed}: train + eval")
-            run_pair(settings, datacomp, baseline, seed, folder / "shards", uids_sha)
-            bar.update(1)
+    in_process = threading.Lock()  # filtering and evaluation share this process's torch and open_clip state
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="student") as pool:
+        try:
+            for baseline in names:
+                bar.set_postfix_str(f"{baseline}: filter + reshard")
+                with in_process:
+                    shards, uids_sha, line = prepare(settings, datacomp, baseline)
+                if line:
+                    lines.append(line)
+                for seed in settings.seeds:
+                    future = pool.submit(run_pair, settings, datacomp, baseline, seed, shards, uids_sha, in_process)
+                    future.add_done_callback(lambda _: bar.update(1))
+                    futures.append(future)
+                _raise_first_failure(futures)
+            bar.set_postfix_str("training")
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            student.stop_training()  # the others resume from their last finished epoch on the next run
+            raise
     bar.close()
     # the world's report for its default runs folder; a report of another runs folder stays in that folder
     report_dir = settings.out if settings.runs_dir.resolve() == (settings.out / "runs").resolve() else settings.runs_dir
     written = runreport.write_report(settings.out, settings.runs_dir, names, settings.seeds, report_dir)
-    lines.append(f"{len(pairs)} students ({len(names)} subsets x {len(settings.seeds)} seeds); report: "
-                 + ", ".join(written))
+    lines.append(f"{len(pairs)} students ({len(names)} subsets x {len(settings.seeds)} seeds, {settings.jobs} at "
+                 "a time); report: " + ", ".join(written))
     return lines
+
+
+def _raise_first_failure(futures: list[Future]) -> None:
+    for future in futures:
+        if future.done() and future.exception() is not None:
+            raise future.exception()
 
 
 def run_command(args: argparse.Namespace) -> int:
