@@ -95,6 +95,49 @@ def test_train_argv_has_datacomp_train_py_flags_in_order(tmp_path):
     assert value["--batch-size"] == str(scale["batch_size"]) and value["--resume"] == "latest"
 
 
+# ---------------------------------------------------------------- training children
+
+
+def test_stop_training_kills_running_children_and_their_callers_see_why(tmp_path):
+    """A run that stops early kills its students at once (they resume later) instead of waiting for them."""
+    import threading
+
+    from datacomp_plugins.apps.minicomp import student
+    from datacomp_plugins.core.errors import PluginError
+
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        command = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(120)"]
+        try:
+            student.run_child(command, dict(os.environ), tmp_path / f"{k}.log", None, "training")
+        except PluginError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(2)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    while len(student._CHILDREN) < 2 and time.monotonic() - start < 60:
+        time.sleep(0.05)
+    assert student.stop_training() == 2
+    for thread in threads:
+        thread.join(timeout=30)
+    assert time.monotonic() - start < 60 and not any(t.is_alive() for t in threads)
+    assert len(errors) == 2 and all(f"exit status {-signal.SIGKILL}" in str(e) for e in errors)
+    assert not student._CHILDREN and student.stop_training() == 0
+
+
+def test_a_child_over_its_time_limit_is_killed_with_a_clear_error(tmp_path):
+    from datacomp_plugins.apps.minicomp import student
+    from datacomp_plugins.core.errors import PluginError
+
+    with pytest.raises(PluginError, match=r"training timed out after 0.5 s; see .*slow.log"):
+        student.run_child([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ),
+                          tmp_path / "slow.log", 0.5, "training")
+    assert not student._CHILDREN
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -306,8 +306,12 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
     return times
 
 
-def prepare(settings: RunSettings, datacomp: Path, baseline: str) -> tuple[Path, str, str | None]:
-    """The baseline's uid file and DataComp-resharded shards (kept when present): (shards, uids sha256, summary)."""
+def prepare(settings: RunSettings, datacomp: Path, baseline: str,
+            in_process: threading.Lock | None = None) -> tuple[Path, str, str | None]:
+    """The baseline's uid file and DataComp-resharded shards (kept when present): (shards, uids sha256, summary).
+
+    ``in_process`` is held while filtering (in this process), not while DataComp's resharder (a child) runs.
+    """
     folder = settings.runs_dir / baseline
     folder.mkdir(parents=True, exist_ok=True)
     times_path = folder / "times.json"
@@ -315,9 +319,10 @@ def prepare(settings: RunSettings, datacomp: Path, baseline: str) -> tuple[Path,
     uids_path = folder / "uids.npy"
     line = None
     if not uids_path.is_file():
-        start = time.perf_counter()
-        line = make_subset(settings, baseline, uids_path)
-        times["filter"] = time.perf_counter() - start
+        with in_process or contextlib.nullcontext():
+            start = time.perf_counter()
+            line = make_subset(settings, baseline, uids_path)
+            times["filter"] = time.perf_counter() - start
         _write_json(times_path, times)
     if not (folder / "shards").is_dir():
         start = time.perf_counter()
@@ -345,8 +350,7 @@ def run_all(settings: RunSettings) -> list[str]:
         try:
             for baseline in names:
                 bar.set_postfix_str(f"{baseline}: filter + reshard")
-                with in_process:
-                    shards, uids_sha, line = prepare(settings, datacomp, baseline)
+                shards, uids_sha, line = prepare(settings, datacomp, baseline, in_process)
                 if line:
                     lines.append(line)
                 for seed in settings.seeds:

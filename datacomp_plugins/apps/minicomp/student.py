@@ -205,6 +205,11 @@ def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]),
                                          *filter(None, [env.get("PYTHONPATH")])])
+    run_child(command, env, log_path, timeout, "training")
+
+
+def run_child(command: list[str], env: dict, log_path: Path, timeout: float | None, what: str) -> None:
+    """Run ``command`` with its output appended to ``log_path``; :func:`stop_training` can kill it."""
     with open(log_path, "ab") as log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                        env=env) as child:
         with _CHILDREN_LOCK:
@@ -212,7 +217,7 @@ def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout
         try:
             returncode = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise PluginError(f"training timed out after {timeout} s; see {log_path}") from None
+            raise PluginError(f"{what} timed out after {timeout} s; see {log_path}") from None
         finally:
             if child.poll() is None:
                 child.kill()
@@ -221,7 +226,7 @@ def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout
                 _CHILDREN.discard(child)
     if returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise PluginError(f"training failed (exit status {returncode}); see {log_path}:\n" + "\n".join(tail))
+        raise PluginError(f"{what} failed (exit status {returncode}); see {log_path}:\n" + "\n".join(tail))
 
 
 def _seed_data_pipeline(seed: int) -> None:
