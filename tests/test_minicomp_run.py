@@ -128,6 +128,28 @@ def test_stop_training_kills_running_children_and_their_callers_see_why(tmp_path
     assert not student._CHILDREN and student.stop_training() == 0
 
 
+def test_model_config_written_by_many_threads_at_once(tmp_path):
+    """Students starting together each write the config: every writer succeeds and no temporary is left."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from datacomp_plugins.apps.minicomp import student
+
+    for round_ in range(40):  # each round a fresh folder, eight writers released together
+        folder = tmp_path / str(round_)
+        gate = threading.Barrier(8)
+
+        def write(_, folder=folder, gate=gate):
+            gate.wait()
+            return student.write_model_config(folder)
+
+        with ThreadPoolExecutor(8) as pool:
+            paths = list(pool.map(write, range(8)))
+        assert set(paths) == {folder / f"{student.STUDENT_MODEL}.json"}
+        assert json.loads(paths[0].read_text()) == student.STUDENT_CONFIG
+        assert [p.name for p in folder.iterdir()] == [paths[0].name]
+
+
 def test_a_child_over_its_time_limit_is_killed_with_a_clear_error(tmp_path):
     from datacomp_plugins.apps.minicomp import student
     from datacomp_plugins.core.errors import PluginError

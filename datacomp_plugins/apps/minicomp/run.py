@@ -341,6 +341,7 @@ def run_all(settings: RunSettings) -> list[str]:
     datacomp = student.datacomp_dir()
     names = settings.baselines + list(settings.subsets)
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    student.write_model_config(settings.runs_dir / "model_configs")  # once, before students start at once
     lines = []
     pairs = [(b, s) for b in names for s in settings.seeds]
     bar = tqdm(total=len(pairs), desc="minicomp run", unit="student", disable=not settings.progress)

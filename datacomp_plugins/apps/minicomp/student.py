@@ -86,9 +86,10 @@ def write_model_config(folder: Path) -> Path:
     path = folder / f"{STUDENT_MODEL}.json"
     text = json.dumps(STUDENT_CONFIG, indent=2, sort_keys=True) + "\n"
     if not path.is_file() or path.read_text() != text:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        from datacomp_plugins.core.fileio import atomic_open
+
+        with atomic_open(str(path), "w") as handle:  # a temporary name of its own: concurrent writers may race
+            handle.write(text)
     return path
 
 
