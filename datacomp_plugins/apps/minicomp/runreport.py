@@ -67,7 +67,9 @@ def component_shares(out: Path, runs_dir: Path, names: list[str]) -> tuple[list[
         path = runs_dir / name / "uids.npy"
         if not path.is_file():
             continue
-        kept = np.isin(uids, to_hex(np.asarray(load_uid_file(str(path)))).astype(str).astype(object))
+        # a set, not np.isin: isin on object arrays compares every pair (minutes for a 100,000-sample pool)
+        kept_hex = set(to_hex(np.asarray(load_uid_file(str(path)))).astype(str).tolist())
+        kept = np.fromiter((uid in kept_hex for uid in uids), dtype=bool, count=len(uids))
         shares[name] = {c: float(kept[component == c].sum()) / totals[c] if totals[c] else 0.0 for c in order}
     return order, shares, totals
 
