@@ -14,9 +14,11 @@ training resumes from its last finished epoch (``--resume latest``) and ends wit
 uninterrupted run (see ``student.py``). Every stage writes to a temporary name and renames when complete.
 
 Students train concurrently (``--jobs``, default one per CPU): each is a child process with one torch thread
-and one dataloader worker, which leaves a core partly idle, and its checkpoint depends on its seed alone, so
-the results do not depend on how many train at once. Filtering and evaluation run in this process, one at a
-time; a baseline's students start as soon as its shards are written, while the next baseline is prepared.
+and one dataloader worker whose checkpoint depends on its seed alone, so the results do not depend on how many
+train at once (on two cores this overlaps resharding, start-up and evaluation with training; two students did
+not train faster together than one alone there, docs/MINICOMP.md). Filtering and evaluation run in this
+process, one at a time; a baseline's students start as soon as its shards are written, while the next baseline
+is prepared.
 """
 
 from __future__ import annotations
