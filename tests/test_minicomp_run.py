@@ -102,7 +102,7 @@ def test_stop_training_kills_running_children_and_their_callers_see_why(tmp_path
     """A run that stops early kills its students at once (they resume later) instead of waiting for them."""
     import threading
 
-    from datacomp_plugins.apps.minicomp import student
+    from datacomp_plugins.apps.minicomp import openclip as student
     from datacomp_plugins.core.errors import PluginError
 
     errors: list[BaseException] = []
@@ -151,7 +151,7 @@ def test_model_config_written_by_many_threads_at_once(tmp_path):
 
 
 def test_a_child_over_its_time_limit_is_killed_with_a_clear_error(tmp_path):
-    from datacomp_plugins.apps.minicomp import student
+    from datacomp_plugins.apps.minicomp import openclip as student
     from datacomp_plugins.core.errors import PluginError
 
     with pytest.raises(PluginError, match=r"training timed out after 0.5 s; see .*slow.log"):

@@ -18,7 +18,9 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from datacomp_plugins.core.errors import PluginError
@@ -84,24 +86,54 @@ def train_argv(*, train_data: str, num_samples: int, model: str, logs: str, name
     return argv + list(extra)
 
 
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def stop_training() -> int:
+    """Kill every training child of this process (a run that stops early); returns how many were running.
+
+    They are killed, not waited for: each resumes from its last finished epoch on the next run.
+    """
+    with _CHILDREN_LOCK:
+        running = [child for child in _CHILDREN if child.poll() is None]
+    for child in running:
+        child.kill()
+    return len(running)
+
+
+def run_child(command: list[str], env: dict, log_path: str | os.PathLike, timeout: float | None, what: str) -> None:
+    """Run ``command`` with its output appended to ``log_path``; :func:`stop_training` can kill it."""
+    with open(log_path, "ab") as log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                       env=env) as child:
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(child)
+        try:
+            returncode = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise PluginError(f"{what} timed out after {timeout} s; see {log_path}") from None
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(child)
+    if returncode != 0:
+        tail = Path(log_path).read_text(errors="replace").splitlines()[-15:]
+        raise PluginError(f"{what} failed (exit status {returncode}); see {log_path}:\n" + "\n".join(tail))
+
+
 def run_training(argv: Sequence[str], config_paths: Sequence[str], seed: int, log_file: str,
                  timeout: float | None = None, threads: int | None = None) -> None:
-    """Run open_clip_train in a child process; PluginError with the log's tail when it fails."""
+    """Run open_clip_train in a child process (a fresh log); PluginError with the log's tail when it fails."""
     env = dict(os.environ)
     env[SHUFFLE_SEED_ENV] = str(seed)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "datacomp_plugins.apps.minicomp.openclip", json.dumps(list(config_paths)), *argv]
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    with open(log_file, "wb") as log:
-        try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise PluginError(f"open_clip_train ran past {timeout} s; log: {log_file}") from None
-    if proc.returncode != 0:
-        with open(log_file, "rb") as log:
-            tail = log.read()[-2000:].decode("utf-8", "replace")
-        raise PluginError(f"open_clip_train failed (exit {proc.returncode}); log: {log_file}\n{tail}")
+    open(log_file, "wb").close()
+    run_child(cmd, env, log_file, timeout, "open_clip_train")
 
 
 def _seeded_shuffle(data: Any, bufsize: int = 1000, initial: int = 100, rng: Any = None, handler: Any = None) -> Any:

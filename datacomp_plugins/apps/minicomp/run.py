@@ -339,6 +339,7 @@ def run_all(settings: RunSettings) -> list[str]:
     from tqdm import tqdm
 
     from datacomp_plugins.apps.minicomp import runreport, student
+    from datacomp_plugins.apps.minicomp.openclip import stop_training
 
     datacomp = student.datacomp_dir()
     names = settings.baselines + list(settings.subsets)
@@ -366,7 +367,7 @@ def run_all(settings: RunSettings) -> list[str]:
                 future.result()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
-            student.stop_training()  # the others resume from their last finished epoch on the next run
+            stop_training()  # the others resume from their last finished epoch on the next run
             raise
     bar.close()
     # the world's report for its default runs folder; a report of another runs folder stays in that folder

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from datacomp_plugins.core.errors import PluginError
@@ -183,22 +181,6 @@ def train_argv(data_dir: Path, output_dir: Path, exp_name: str, scale: dict, see
     return argv
 
 
-_CHILDREN: set[subprocess.Popen] = set()
-_CHILDREN_LOCK = threading.Lock()
-
-
-def stop_training() -> int:
-    """Kill every training child of this process (a run that stops early); returns how many were running.
-
-    They are killed, not waited for: each resumes from its last finished epoch on the next run.
-    """
-    with _CHILDREN_LOCK:
-        running = [child for child in _CHILDREN if child.poll() is None]
-    for child in running:
-        child.kill()
-    return len(running)
-
-
 def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout: float | None = None) -> None:
     """Run open_clip_train in a child process (same Python); its output goes to ``log_path``."""
     command = [sys.executable, "-m", "datacomp_plugins.apps.minicomp.student", str(config_path), str(seed), *argv]
@@ -208,28 +190,9 @@ def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]),
                                          *filter(None, [env.get("PYTHONPATH")])])
+    from datacomp_plugins.apps.minicomp.openclip import run_child
+
     run_child(command, env, log_path, timeout, "training")
-
-
-def run_child(command: list[str], env: dict, log_path: Path, timeout: float | None, what: str) -> None:
-    """Run ``command`` with its output appended to ``log_path``; :func:`stop_training` can kill it."""
-    with open(log_path, "ab") as log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                       env=env) as child:
-        with _CHILDREN_LOCK:
-            _CHILDREN.add(child)
-        try:
-            returncode = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise PluginError(f"{what} timed out after {timeout} s; see {log_path}") from None
-        finally:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
-            with _CHILDREN_LOCK:
-                _CHILDREN.discard(child)
-    if returncode != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise PluginError(f"{what} failed (exit status {returncode}); see {log_path}:\n" + "\n".join(tail))
 
 
 def _seed_data_pipeline(seed: int) -> None:
