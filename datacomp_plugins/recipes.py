@@ -3,7 +3,10 @@
 A recipe holds the exact filter flags (``[filter]``), optional uid files to unite with the result
 (``[union] files``), the paper's reported DataComp-medium numbers (``[paper]``) and the expected subset size
 at medium scale (``[medium]``). Values written ``"{name}"`` are placeholders the user fills in
-(``--target``, ``--dfn_uids``, ``--hype_uids`` or ``--set name=value``).
+(``--target``, ``--dfn_uids``, ``--hype_uids`` or ``--set name=value``). The value ``"manifest"`` for
+``temperature`` or ``negcliploss_batch_size`` takes the teacher's own setting from a mini DataComp world's
+``MANIFEST.json`` (``--manifest FILE``; by default the one beside the metadata folder), as the paper takes
+τ and B from the teacher's training.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ else:  # pragma: no cover
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "baselines"
 _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
+FROM_MANIFEST = "manifest"
+# filter setting -> the key of MANIFEST.json's teachers.<arch> entry that gives it
+MANIFEST_SETTINGS = {"temperature": "temperature", "negcliploss_batch_size": "batch_size"}
 
 
 @dataclass
@@ -104,6 +110,8 @@ def parse_setting(key: str, text: str):
     Booleans take ``true``/``false`` only (``bool("false")`` is True); optional settings take ``none``.
     """
     kind = setting_kind(key)
+    if key in MANIFEST_SETTINGS and text.strip() == FROM_MANIFEST:
+        return FROM_MANIFEST
     if kind.endswith("| None") and text.strip().lower() == "none":
         return None
     base = kind.split("|")[0].strip()
@@ -129,6 +137,35 @@ def _fill(value, values: dict[str, str], recipe: Recipe):
     return values[match.group(1)]
 
 
+def teacher_settings(manifest_path: str, arch: str) -> dict[str, float | int]:
+    """``temperature`` and ``negcliploss_batch_size`` of a world's ``arch`` teacher, from its MANIFEST.json."""
+    import json
+
+    import fsspec
+
+    try:
+        with fsspec.open(manifest_path, "r", encoding="utf-8") as handle:
+            entry = json.load(handle)["teachers"][arch]
+        found = {key: entry[name] for key, name in MANIFEST_SETTINGS.items()}
+    except FileNotFoundError:
+        raise PluginError(f"{manifest_path}: no such MANIFEST.json; a recipe setting \"manifest\" needs a world's "
+                          "manifest (--manifest FILE)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PluginError(f"{manifest_path}: cannot read teachers.{arch}.temperature and .batch_size "
+                          f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(found["negcliploss_batch_size"], int) or isinstance(found["negcliploss_batch_size"], bool) \
+            or not isinstance(found["temperature"], (int, float)):
+        raise PluginError(f"{manifest_path}: teachers.{arch}: batch_size must be an integer and temperature a "
+                          f"number, got {found}")
+    return found
+
+
+def default_manifest(metadata_dir: str) -> str:
+    """The MANIFEST.json of the world whose metadata folder this is (a mini DataComp build's layout)."""
+    return metadata_dir.rstrip("/").rsplit("/", 1)[0] + "/MANIFEST.json" if "/" in metadata_dir.rstrip("/") \
+        else "MANIFEST.json"
+
+
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
     from datacomp_plugins.config import FilterConfig, refuse_input_as_output, validate
@@ -141,6 +178,10 @@ def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str
         if not isinstance(path, str):
             raise PluginError(f"recipe {recipe.name}: [union] files holds {path!r}; expected uid file paths")
     settings.update(overrides)
+    wanted = [key for key in MANIFEST_SETTINGS if settings.get(key) == FROM_MANIFEST]
+    if wanted:
+        found = teacher_settings(values.get("manifest") or default_manifest(metadata_dir), settings.get("arch", "l14"))
+        settings.update({key: found[key] for key in wanted})
     config = FilterConfig(metadata_dir=metadata_dir, save_path=save_path, **settings)
     validate(config)  # every setting, the output path and its inputs, before any work
     refuse_input_as_output(config, tuple(union))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
 
@@ -39,10 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "byte-identical shards/, metadata/ and truth/. Rebuilding into an OUT of the same world "
                     "resumes; an OUT of another world is refused.")
     build.add_argument("out", metavar="OUT", help="output folder (new, empty, or an earlier build of this world)")
-    build.add_argument("--world", default=None, metavar="FILE", help="world TOML (None: the packaged world)")
+    build.add_argument("--world", default=None, metavar="FILE",
+                       help="world TOML, or the name of a packaged world (default, second); None: default")
     build.add_argument("--quick", action="store_true", help="apply the world's [quick] table (a small world)")
     build.add_argument("--seed", type=_non_negative_int, default=None, help="seed (None: the world file's seed)")
     build.add_argument("--workers", type=_positive_int, default=None, help="rendering processes (None: one per CPU)")
+    build.add_argument("--strict", action="store_true",
+                       help="exit with status 3 when a gate of the world fails (docs/MINICOMP.md, 'Gates')")
     build.add_argument("--no_progress", action="store_true", help="no progress bars")
     build.set_defaults(handler=run_build)
     from datacomp_plugins.apps.minicomp import run as minicomp_run
@@ -63,6 +67,11 @@ def run_build(args: argparse.Namespace) -> int:
     """Handler of ``minicomp build``."""
     from datacomp_plugins.apps.minicomp.build import build
 
-    build(args.out, world_path=args.world, quick=args.quick, seed=args.seed, workers=args.workers,
-          progress=not args.no_progress)
+    manifest = build(args.out, world_path=args.world, quick=args.quick, seed=args.seed, workers=args.workers,
+                     progress=not args.no_progress)
+    failed = [g["name"] for g in manifest["gates"] if not g["passed"]]
+    if failed and args.strict:
+        print(f"error: {args.out}: {len(failed)} gate(s) failed ({', '.join(failed)}); the world is built, but it "
+              "is not an instrument for the claims the failed gates guard", file=sys.stderr)
+        return 3
     return 0

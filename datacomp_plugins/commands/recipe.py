@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", help="fills {target}: target image embeddings (file or folder)")
     parser.add_argument("--dfn_uids", help="fills {dfn_uids}: DFN's medium uid file")
     parser.add_argument("--hype_uids", help="fills {hype_uids}: HYPE's uid file")
+    parser.add_argument("--manifest", help="a mini DataComp world's MANIFEST.json: gives settings written "
+                        "\"manifest\" (the teacher's temperature and batch size); default: beside the metadata folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fill another placeholder or override a filter setting (repeatable)")
     for flag, kind in (("--num_workers", int), ("--num_gpus", int), ("--batch_size", int), ("--cache_dir", str),
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.recipe or not args.metadata_dir or not args.save_path:
         raise PluginError("recipe: give a recipe name, --metadata_dir and --save_path (or --list)")
     recipe = recipes.load(args.recipe)
-    values = {k: getattr(args, k) for k in ("target", "dfn_uids", "hype_uids") if getattr(args, k)}
+    values = {k: getattr(args, k) for k in ("target", "dfn_uids", "hype_uids", "manifest") if getattr(args, k)}
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -1,12 +1,19 @@
 """``minicomp build``: render a world into DataComp's exact layout, train its teachers, embed the pool.
 
-Stages, each resumable (an output written atomically is an output done):
+A small stage runner (datatrove's executor model): each stage declares its outputs, and a finished stage
+leaves a completion marker ``OUT/.stages/<name>.json`` holding its result. A resumed build skips a stage whose
+marker and outputs exist, and reruns it (and every later stage) otherwise; inside a stage, an output written
+atomically is an output done, so a rerun stage redoes only what is missing.
 
-1. render the teacher corpus, the pool shards (+ truth) and the tasks' splits, in worker processes;
-2. train the two teachers with open_clip_train (child processes);
-3. embed every pool shard with both teachers -> ``metadata/<stem>.parquet`` + ``<stem>.npz``;
-4. zero-shot accuracy of the teachers on every task; targets (teacher embeddings of the tasks' train splits);
-5. ``MANIFEST.json`` with counts, accuracies and the sha256 of every file.
+1. ``render``: the teacher corpus, the pool shards (+ truth) and the tasks' splits, in worker processes;
+2. ``teacher_l14``, ``teacher_b32``: train the teachers with open_clip_train (child processes); the result
+   is each one's temperature (1/exp(logit_scale), as open_clip stores it) and training batch size;
+3. ``embed_pool``: every pool shard with both teachers -> ``metadata/<stem>.parquet`` + ``<stem>.npz``;
+4. ``tasks``: zero-shot accuracy of the teachers on every task; targets (embeddings of the train splits);
+5. ``stats``: counts and mean CLIPScore per component;
+6. ``gates``: the world's measured properties (gates.py);
+7. ``MANIFEST.json`` with all of the above and the sha256 of every file (no clock: two builds of one world
+   give the same bytes); the stages' wall times go to ``build_times.json``.
 
 An OUT that holds another world (or anything else) is refused: a build never mixes two worlds.
 """
@@ -20,6 +27,8 @@ import os
 import sys
 import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +39,7 @@ from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open, atomic_save_npy, sha256_file
 
 STATE_FILE = ".minicomp-build.json"
+STAGES_DIR = ".stages"
 EVAL_SHARD = 10000
 SPLITS = {"train": 0, "test": 1}
 
@@ -262,20 +272,18 @@ class Builder:
 
     # -- stage 2: teachers ----------------------------------------------------------------------------
 
-    def teachers(self) -> None:
+    def teacher(self, arch: str) -> None:
+        """Train one teacher unless its checkpoint exists (a teacher is never trained twice)."""
         from datacomp_plugins.apps.minicomp import teacher
 
+        if os.path.exists(teacher.checkpoint_path(self.out, arch)):
+            return
         shards = [self.path("teacher", "corpus", f"{s:08d}.tar") for s in range(self.n_corpus)]
-        for arch in teacher.ARCHES:
-            if os.path.exists(teacher.checkpoint_path(self.out, arch)):
-                continue
-            start = time.monotonic()
-            if self.progress:
-                print(f"training teacher {arch} with open_clip_train "
-                      f"({self.world['teachers'][arch]['epochs']} epochs of {self.world['teacher_corpus']['size']})",
-                      file=sys.stderr)
-            teacher.train(self.out, self.world, arch, shards, self.world["teacher_corpus"]["size"])
-            self.times[f"teacher_{arch}"] = time.monotonic() - start
+        if self.progress:
+            print(f"training teacher {arch} with open_clip_train "
+                  f"({self.world['teachers'][arch]['epochs']} epochs of {self.world['teacher_corpus']['size']})",
+                  file=sys.stderr)
+        teacher.train(self.out, self.world, arch, shards, self.world["teacher_corpus"]["size"])
 
     # -- stage 3: metadata ----------------------------------------------------------------------------
 
@@ -377,7 +385,8 @@ class Builder:
                                             for c in COMPONENTS if (comps_arr == c).any()}
         return out
 
-    def manifest(self, tasks: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    def manifest(self, tasks: dict[str, Any], summary: dict[str, Any], settings: dict[str, dict[str, Any]],
+                 gates: list[dict[str, Any]]) -> dict[str, Any]:
         from datacomp_plugins.apps.minicomp import teacher
 
         files = {"world.toml": sha256_file(self.path("world.toml"))}
@@ -396,48 +405,147 @@ class Builder:
             "mean_clip_score": summary["mean_clip_score"],
             "teachers": {arch: {"model": teacher.model_name(arch), "config": f"teacher/{teacher.model_name(arch)}.json",
                                 "checkpoint": f"teacher/{teacher.model_name(arch)}.pt",
-                                "zero_shot_accuracy": tasks["accuracy"][arch]} for arch in teacher.ARCHES},
+                                "zero_shot_accuracy": tasks["accuracy"][arch], **settings[arch]}
+                         for arch in teacher.ARCHES},
             "tasks": [{"name": t["name"], "attribute": t["attribute"], "classes": len(t["classes"]),
                        "evalset": f"evalsets/wds_{t['name']}_test"} for t in self.world["tasks"]],
             "imagenet_like": self.world["evalsets"]["imagenet_like"],
             "targets": tasks["targets"],
-            "seconds": {k: round(v, 1) for k, v in self.times.items()},
+            "gates": gates,
             "sha256": files,
         }
         write_json(self.path("MANIFEST.json"), manifest)
         return manifest
 
-    def run(self) -> dict[str, Any]:
-        start = time.monotonic()
-        resumed = self.prepare()
-        t0 = time.monotonic()
-        self.render()
-        self.times["render"] = time.monotonic() - t0
-        self.teachers()
+    # -- stage: teacher settings, stats and gates --------------------------------------------------------
+
+    def teacher_settings(self, arch: str) -> dict[str, Any]:
+        """The settings negCLIPLoss takes from a teacher (the paper: tau = 1/exp(logit_scale), B = its batch)."""
         import torch
 
         from datacomp_plugins.apps.minicomp import teacher
 
-        # One thread: the embeddings then do not depend on the core count, and on a shared 2-core machine
-        # two spinning OpenMP threads ran a forward pass ~10x slower than one (measured under load).
+        state = torch.load(teacher.checkpoint_path(self.out, arch), map_location="cpu", weights_only=True)
+        logit_scale = float(state["logit_scale"])
+        return {"logit_scale": round(logit_scale, 6), "temperature": round(float(np.exp(-logit_scale)), 6),
+                "batch_size": int(self.world["teachers"][arch]["batch_size"])}
+
+    def gates(self, accuracy: dict[str, dict[str, float]], l14: dict[str, Any]) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        from datacomp_plugins.apps.minicomp import gates
+
+        uids, comps = [], []
+        for s in range(self.n_shards):
+            stem = f"{s:08d}"
+            truth = pq.read_table(self.path("truth", f"{stem}.parquet")).to_pydict()
+            uids += truth["uid"]
+            comps += truth["component"]
+        clip_kept, neg_kept = gates.kept_masks(self.out, np.array(uids), l14["temperature"], l14["batch_size"])
+        quick = self.world.quick
+        found = (gates.accuracy_gates(accuracy, quick)
+                 + gates.selection_gates(np.array(comps), clip_kept, neg_kept, quick)
+                 + [gates.disjoint_gate(self.out, quick)])
+        return [g.as_dict() for g in found]
+
+    # -- the stages -------------------------------------------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        from datacomp_plugins.apps.minicomp import teacher
+
+        def render_outputs() -> list[str]:
+            return [j["name"] for j in self.render_jobs()] + ["shards/sizes.json"]
+
+        def metadata_outputs() -> list[str]:
+            return [f"metadata/{s:08d}.{ext}" for s in range(self.n_shards) for ext in ("parquet", "npz")]
+
+        def target_outputs() -> list[str]:
+            return ([f"targets/{t['name']}_{a}.npy" for t in self.world["tasks"] for a in teacher.ARCHES]
+                    + [f"targets/all_tasks_{a}.npy" for a in teacher.ARCHES])
+
+        def train_teacher(arch: str) -> dict[str, Any]:
+            self.teacher(arch)
+            return self.teacher_settings(arch)
+
+        return [
+            Stage("render", lambda _: self.render() or {}, render_outputs),
+            *[Stage(f"teacher_{arch}", lambda _, a=arch: train_teacher(a),
+                    lambda a=arch: [os.path.relpath(teacher.checkpoint_path(self.out, a), self.out)])
+              for arch in teacher.ARCHES],
+            Stage("embed_pool", lambda _: self.with_teachers(self.metadata) or {}, metadata_outputs),
+            Stage("tasks", lambda _: self.with_teachers(self.tasks), target_outputs),
+            Stage("stats", lambda _: self.component_stats(), lambda: []),
+            Stage("gates", lambda r: {"gates": self.gates(r["tasks"]["accuracy"], r["teacher_l14"])}, lambda: []),
+        ]
+
+    def with_teachers(self, fn: Callable[[dict[str, Any]], Any]) -> Any:
+        """``fn(teachers)`` with both teachers loaded and one torch thread.
+
+        One thread: the embeddings then do not depend on the core count, and on a shared 2-core machine two
+        spinning OpenMP threads ran a forward pass ~10x slower than one (measured under load).
+        """
+        import torch
+
+        from datacomp_plugins.apps.minicomp import teacher
+
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            t0 = time.monotonic()
-            models = {arch: teacher.Teacher(self.out, arch) for arch in teacher.ARCHES}
-            self.metadata(models)
-            self.times["embed_pool"] = time.monotonic() - t0
-            t0 = time.monotonic()
-            tasks = self.tasks(models)
-            self.times["tasks"] = time.monotonic() - t0
+            return fn({arch: teacher.Teacher(self.out, arch) for arch in teacher.ARCHES})
         finally:
             torch.set_num_threads(threads)
-        stats = self.component_stats()
+
+    def run(self) -> dict[str, Any]:
+        start = time.monotonic()
+        resumed = self.prepare()
+        results = StageRunner(self.out, self.progress).run(self.stages(), self.times)
+        summary = {"counts": {"pool": results["stats"]["pool"], "teacher_corpus": results["stats"]["teacher_corpus"]},
+                   "mean_clip_score": results["stats"]["mean_clip_score"]}
+        settings = {arch: results[f"teacher_{arch}"] for arch in ("l14", "b32")}
+        manifest = self.manifest(results["tasks"], summary, settings, results["gates"]["gates"])
         self.times["total"] = time.monotonic() - start
-        manifest = self.manifest(tasks, {"counts": {"pool": stats["pool"], "teacher_corpus": stats["teacher_corpus"]},
-                                         "mean_clip_score": stats["mean_clip_score"]})
-        manifest["resumed"] = resumed
-        return manifest
+        write_json(self.path("build_times.json"), {k: round(v, 1) for k, v in self.times.items()})
+        return {**manifest, "seconds": {k: round(v, 1) for k, v in self.times.items()}, "resumed": resumed}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A build stage: ``run(results so far)`` returns its JSON result; ``outputs()`` lists its files (OUT-relative)."""
+
+    name: str
+    run: Callable[[dict[str, Any]], Any]
+    outputs: Callable[[], list[str]]
+
+
+class StageRunner:
+    """Runs stages in order; a stage with a completion marker and all its outputs is skipped (its result read
+    back from the marker), and once one stage runs, every later one runs too (its inputs may have changed)."""
+
+    def __init__(self, out: str, progress: bool = True) -> None:
+        self.folder, self.out, self.progress = os.path.join(out, STAGES_DIR), out, progress
+
+    def marker(self, name: str) -> str:
+        return os.path.join(self.folder, f"{name}.json")
+
+    def run(self, stages: list[Stage], times: dict[str, float]) -> dict[str, Any]:
+        os.makedirs(self.folder, exist_ok=True)
+        results: dict[str, Any] = {}
+        rerun = False
+        for stage in stages:
+            marker = self.marker(stage.name)
+            if not rerun and os.path.exists(marker) and all(os.path.exists(os.path.join(self.out, o))
+                                                            for o in stage.outputs()):
+                with open(marker, encoding="utf-8") as handle:
+                    results[stage.name] = json.load(handle)["result"]
+                continue
+            rerun = True
+            if os.path.exists(marker):
+                os.unlink(marker)  # not done until it finishes again
+            t0 = time.monotonic()
+            results[stage.name] = json.loads(json.dumps(stage.run(results)))
+            times[stage.name] = time.monotonic() - t0
+            write_json(marker, {"result": results[stage.name], "seconds": round(times[stage.name], 1)})
+        return results
 
 
 def render_unit16(rows: np.ndarray) -> np.ndarray:
@@ -470,5 +578,14 @@ def build(out: str, world_path: str | None = None, quick: bool = False, seed: in
     for arch in acc:
         scores = acc[arch]["zero_shot_accuracy"].items()
         print(f"  teacher {arch} zero-shot: " + ", ".join(f"{t} {a:.3f}" for t, a in scores))
+    for arch in acc:
+        print(f"  teacher {arch}: temperature {acc[arch]['temperature']:.4f} (logit_scale "
+              f"{acc[arch]['logit_scale']:.3f}), batch size {acc[arch]['batch_size']}")
     print("  seconds: " + ", ".join(f"{k} {v}" for k, v in manifest["seconds"].items()))
+    from datacomp_plugins.apps.minicomp.gates import table
+
+    failed = sum(not g["passed"] for g in manifest["gates"])
+    print(f"gates ({'quick world thresholds' if quick else 'default thresholds'}): "
+          f"{len(manifest['gates']) - failed} passed, {failed} failed")
+    print(table(manifest["gates"]))
     return manifest

@@ -5,10 +5,14 @@
   model or tokenizer calls :func:`register` first.
 - DataComp's ``train.py`` cannot import against open_clip 3.x, so training calls
   ``open_clip_train.main.main(argv)`` with the argument list ``train.py`` would build (:func:`train_argv`).
-- webdataset seeds its sample shuffle from the pid and the clock; :func:`_seeded_shuffle` replaces it in the
-  training process so the same seed gives the same checkpoint.
-- Training runs in a child process (``python -m datacomp_plugins.apps.minicomp.openclip``), so a crash, an
-  ``os._exit`` or a kill inside open_clip_train cannot take the caller down, and its logs go to a file.
+- webdataset seeds its sample shuffle from the pid and the clock; :func:`seed_data_pipeline` replaces it in
+  the training process with one keyed on (seed, epoch), so the same seed gives the same checkpoint, also
+  across a kill and a resume.
+- Training runs in a child process (:func:`train`, entry :func:`_child`), so a crash, an ``os._exit`` or a
+  kill inside open_clip_train cannot take the caller down, and its logs go to a file.
+
+Teachers and students both go through these functions: one argument list, one child entry, one seeded
+shuffle, one registration.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from typing import Any
 
 from datacomp_plugins.core.errors import PluginError
 
-SHUFFLE_SEED_ENV = "MINICOMP_SHUFFLE_SEED"
 VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer
 HEAD_WIDTH = 32
 
@@ -56,33 +59,34 @@ def register(paths: str | Sequence[str]) -> Any:
     return open_clip
 
 
-def cpu_precision() -> str:
-    """``amp_bf16`` on a CPU with bf16 units (much faster there), else ``fp32``; ``amp`` is fp16 and slow on CPU."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:
-        return "fp32"
-    return "amp_bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+def train_argv(*, train_data: str, num_samples: int, epochs: int, batch_size: int, lr: float, warmup: int,
+               model: str, logs: str, name: str, seed: int, precision: str = "fp32", workers: int = 1,
+               accum_freq: int = 1, log_every: int = 10, save_frequency: int = 0, resampled: bool = True,
+               resume: str | None = None, save_most_recent: bool = False, beta2: float | None = None,
+               distributed_flags: bool = True, extra: Sequence[str] = ()) -> list[str]:
+    """The argument list DataComp's ``train.py`` passes to ``open_clip_train.main.main``, in its order.
 
-
-def train_argv(*, train_data: str, num_samples: int, model: str, logs: str, name: str, epochs: int,
-               batch_size: int, lr: float, warmup: int, seed: int, workers: int = 1, precision: str = "fp32",
-               resampled: bool = True, wd: float = 0.2, save_frequency: int = 0,
-               extra: Sequence[str] = ()) -> list[str]:
-    """The argument list DataComp's ``train.py`` passes to ``open_clip_train.main.main``.
-
-    Dropped from train.py's list because they do nothing or fail on one CPU process: ``--ddp-static-graph``,
-    ``--local-loss``, ``--gather-with-grad`` (distributed only), ``--grad-checkpointing`` (memory only), and
-    ``--resume latest`` (``--resume`` is a run's own resume logic).
+    The student passes exactly train.py's flags (``distributed_flags``: ``--ddp-static-graph``,
+    ``--local-loss``, ``--gather-with-grad``, ``--grad-checkpointing``, which change nothing on one process).
+    The teachers leave those out (gradient checkpointing recomputes the forward pass: time, not results) and
+    pass their own extras (weight decay, no resampling: a teacher sees its corpus in whole passes).
     """
-    argv = ["--save-frequency", str(save_frequency), "--train-data", train_data, "--train-num-samples",
-            str(num_samples), "--warmup", str(warmup), "--dataset-type", "webdataset", "--precision", precision,
-            "--workers", str(workers), "--model", model, "--batch-size", str(batch_size), "--epochs", str(epochs),
-            "--lr", str(lr), "--wd", str(wd), "--logs", logs, "--name", name, "--seed", str(seed),
-            "--log-every-n-steps", "20", "--zeroshot-frequency", "0", "--val-frequency", "0"]
+    argv = ["--save-frequency", str(save_frequency)]
+    if distributed_flags:
+        argv += ["--ddp-static-graph", "--local-loss", "--gather-with-grad", "--grad-checkpointing"]
+    argv += ["--train-data", train_data, "--train-num-samples", str(num_samples), "--warmup", str(warmup),
+             "--dataset-type", "webdataset", "--precision", precision, "--workers", str(workers),
+             "--model", model, "--batch-size", str(batch_size // accum_freq), "--epochs", str(epochs),
+             "--lr", str(lr), "--logs", logs, "--name", name, "--seed", str(seed), "--accum-freq", str(accum_freq),
+             "--log-every-n-steps", str(log_every)]
+    if save_most_recent:
+        argv.append("--save-most-recent")
+    if resume is not None:
+        argv += ["--resume", resume]
     if resampled:
         argv.append("--dataset-resampled")
+    if beta2 is not None:
+        argv += ["--beta2", str(beta2)]
     return argv + list(extra)
 
 
@@ -123,53 +127,76 @@ def run_child(command: list[str], env: dict, log_path: str | os.PathLike, timeou
         raise PluginError(f"{what} failed (exit status {returncode}); see {log_path}:\n" + "\n".join(tail))
 
 
-def run_training(argv: Sequence[str], config_paths: Sequence[str], seed: int, log_file: str,
-                 timeout: float | None = None, threads: int | None = None) -> None:
-    """Run open_clip_train in a child process (a fresh log); PluginError with the log's tail when it fails."""
+def train(argv: Sequence[str], config_paths: Sequence[str], seed: int, log_path: str | os.PathLike,
+          timeout: float | None = None, threads: int = 1, fresh_log: bool = False, what: str = "training") -> None:
+    """Run open_clip_train in a child process (this package's own entry point, below); its output goes to
+    ``log_path``. PluginError with the log's tail when it fails.
+
+    One torch thread beside the one dataloader worker: on 2 cores (more so on a shared machine) two threads
+    measured 3-8x slower than one, and a fixed count keeps float sums in one order.
+    """
     env = dict(os.environ)
-    env[SHUFFLE_SEED_ENV] = str(seed)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "datacomp_plugins.apps.minicomp.openclip", json.dumps(list(config_paths)), *argv]
-    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    open(log_file, "wb").close()
-    run_child(cmd, env, log_file, timeout, "open_clip_train")
+    env["OMP_NUM_THREADS"] = str(threads)
+    # the child imports this very package, wherever it is (an editable install or a checkout on PYTHONPATH)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]),
+                                         *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "datacomp_plugins.apps.minicomp.openclip", json.dumps([str(p) for p in config_paths]),
+           str(seed), *argv]
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    if fresh_log:
+        open(log_path, "wb").close()
+    run_child(cmd, env, log_path, timeout, what)
 
 
-def _seeded_shuffle(data: Any, bufsize: int = 1000, initial: int = 100, rng: Any = None, handler: Any = None) -> Any:
-    """webdataset's sample shuffle with a generator seeded by the run's seed, the worker and the pass number."""
+def seed_data_pipeline(seed: int) -> None:
+    """Make open_clip_train's sample shuffle and the loader worker's augmentations a function of (seed, epoch).
+
+    webdataset's ``shuffle`` seeds itself from the pid and the clock. Its replacement here draws from a
+    generator seeded by the run's seed and the epoch (read from the pipeline's ``SharedEpoch``), and reseeds
+    the worker's torch generator (random crops) at the start of every epoch. An epoch therefore does not
+    depend on how many epochs the process served before it, so a run resumed at epoch k (``--resume``) ends
+    with the checkpoint of an uninterrupted one.
+    """
+    import open_clip_train.data as data
+    import torch
+    import webdataset as wds
     from webdataset.filters import _shuffle
 
-    if rng is None:
-        import torch.utils.data
+    epochs: list = []
 
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        _seeded_shuffle.calls = getattr(_seeded_shuffle, "calls", 0) + 1
-        rng = random.Random(f"{os.environ.get(SHUFFLE_SEED_ENV, '0')}-{worker}-{_seeded_shuffle.calls}")
-    return _shuffle(data, bufsize, initial, rng)
+    class RecordedEpoch(data.SharedEpoch):
+        def __init__(self, epoch: int = 0):
+            super().__init__(epoch)
+            epochs.append(self)
+
+    class SeededShuffle(wds.PipelineStage):
+        def __init__(self, bufsize: int, initial: int, epoch: Any) -> None:
+            self.bufsize, self.initial, self.epoch = bufsize, initial, epoch
+
+        def run(self, src: Any) -> Any:
+            epoch = self.epoch.get_value()
+            torch.manual_seed(seed * 1_000_003 + epoch)  # this worker's random crops for this epoch
+            return _shuffle(src, self.bufsize, self.initial, random.Random(seed * 1_000_003 + epoch))
+
+    def shuffle(bufsize: int = 1000, initial: int = 100, **_: Any) -> SeededShuffle:
+        return SeededShuffle(bufsize, initial, epochs[-1])
+
+    data.SharedEpoch = RecordedEpoch
+    data.wds.shuffle = shuffle
 
 
 def _child(argv: Sequence[str]) -> int:
-    """Entry of the training child: register the configs, seed the shuffle, run open_clip_train."""
+    """Entry of a training child: register the model configs, seed the data pipeline, run open_clip_train."""
     from datacomp_plugins import runtime
 
     runtime.configure()  # before open_clip loads torch, as in the parent command line
-    configs, rest = json.loads(argv[0]), list(argv[1:])
+    configs, seed, rest = json.loads(argv[0]), int(argv[1]), list(argv[2:])
     register(configs)
-    import webdataset
-    import webdataset.filters
-
-    # by module path, not __main__, so a spawned dataloader worker can unpickle it
-    from datacomp_plugins.apps.minicomp.openclip import _seeded_shuffle as shuffle
-
-    seeded = webdataset.filters.pipelinefilter(shuffle)
-    webdataset.shuffle = seeded
-    webdataset.filters.shuffle = seeded
+    seed_data_pipeline(seed)
     from open_clip_train.main import main
 
     result = main(rest)
-    return 0 if result in (None, 0) else int(result) if isinstance(result, int) else 1
+    return 1 if result == -1 else 0 if result in (None, 0) else int(result) if isinstance(result, int) else 1
 
 
 if __name__ == "__main__":

@@ -78,18 +78,68 @@ def _on_task_values(world: World) -> dict[str, list]:
     return {"shape": obj["shapes"], "color": obj["colors"], "background": obj["backgrounds"]}
 
 
-def caption(world: World, spec: dict[str, Any], rng: np.random.Generator) -> str:
-    """A caption from a random template, filled from the spec."""
+def caption_fields(spec: dict[str, Any]) -> dict[str, str]:
+    """The words a scene is described by: what every caption template may name."""
     count = spec["count"]
     shape = class_name("shape", spec["shape"])
-    shapes = shape + (("es" if shape.endswith(("s", "x", "sh", "ch")) else "s") if count > 1 else "")
+    shapes = _plural(shape) if count > 1 else shape
     pattern = "" if spec["pattern"] == "solid" else spec["pattern"] + " "
     color = class_name("color", spec["color"])
     thing = f"{pattern}{color} {shapes}"
     obj = f"{class_name('count', count)} {thing}" if count > 1 else f"{'an' if thing[0] in 'aeiou' else 'a'} {thing}"
-    fields = {"object": obj, "count": class_name("count", count), "color": color, "shape": shape,
-              "shapes": shapes, "pattern": spec["pattern"], "background": class_name("background", spec["background"])}
-    return _choice(rng, world["captions"]["templates"]).format(**fields)
+    return {"object": obj, "count": class_name("count", count), "color": color, "shape": shape,
+            "shapes": shapes, "pattern": spec["pattern"], "background": class_name("background", spec["background"])}
+
+
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith(("s", "x", "sh", "ch")) else "s")
+
+
+def _dropped_fields(world: World, spec: dict[str, Any], rng: np.random.Generator) -> dict[str, str]:
+    """The fields with each attribute word dropped with probability ``captions.drop``, as alt-text leaves
+    words out: a dropped shape becomes "shape", a dropped count, pattern, colour or background disappears."""
+    p = world["captions"]["drop"]
+    if p <= 0:
+        return caption_fields(spec)
+    drop = {attr: bool(rng.random() < p) for attr in ("count", "pattern", "color", "shape", "background")}
+    count = 1 if drop["count"] else spec["count"]
+    noun = "shape" if drop["shape"] else class_name("shape", spec["shape"])
+    nouns = _plural(noun) if spec["count"] > 1 else noun
+    words = [class_name("count", spec["count"]) if spec["count"] > 1 and not drop["count"] else "",
+             "" if drop["pattern"] or spec["pattern"] == "solid" else spec["pattern"],
+             "" if drop["color"] else class_name("color", spec["color"]), nouns]
+    thing = " ".join(w for w in words if w)
+    if count == 1 and spec["count"] == 1:
+        thing = f"{'an' if thing[0] in 'aeiou' else 'a'} {thing}"
+    return {"object": thing, "count": "" if drop["count"] else class_name("count", spec["count"]),
+            "color": "" if drop["color"] else class_name("color", spec["color"]), "shape": noun, "shapes": nouns,
+            "pattern": "" if drop["pattern"] else spec["pattern"],
+            "background": "" if drop["background"] else class_name("background", spec["background"])}
+
+
+def _noisy(world: World, text: str, rng: np.random.Generator) -> str:
+    """``text`` with a web-noise token ("jpg", "free shipping") before or after it, with ``captions.noise_prob``."""
+    caps = world["captions"]
+    if caps["noise_prob"] <= 0 or not caps["noise"] or rng.random() >= caps["noise_prob"]:
+        return text
+    token = _choice(rng, caps["noise"])
+    return f"{token} {text}" if rng.random() < 0.5 else f"{text} {token}"
+
+
+def _fill(template: str, fields: dict[str, str]) -> str:
+    return " ".join(template.format(**fields).split())  # a dropped word leaves no double space
+
+
+def caption(world: World, spec: dict[str, Any], rng: np.random.Generator) -> str:
+    """A caption from a random template, filled from the spec, with the world's caption noise."""
+    template = _choice(rng, world["captions"]["templates"])
+    return _noisy(world, _fill(template, _dropped_fields(world, spec, rng)), rng)
+
+
+def hub_caption(world: World, spec: dict[str, Any], rng: np.random.Generator, key: str) -> str:
+    """A caption from ``captions.<key>`` (generic, crowded, text), filled from the scene: true of the image,
+    silent on shape and count when the templates are (the paper's hubs: correct but unspecific)."""
+    return _noisy(world, _fill(_choice(rng, world["captions"][key]), caption_fields(spec)), rng)
 
 
 def clean_spec(world: World, stream: int, index: int) -> dict[str, Any]:
@@ -128,16 +178,17 @@ def make_spec(world: World, stream: int, index: int, components: np.ndarray,
         spec = _scene(world, rng, values)
         spec["caption"] = caption(world, spec, rng)
     elif comp == "crowded_image":
+        # many objects of every shape and pattern in one colour: close to every caption of that colour
         obj = world["objects"]
         spec = _scene(world, rng, _on_task_values(world), count=1)
         lo, hi = obj["crowded_count"]
         small = (obj["size"][0], max(obj["size"][0], (obj["size"][0] + obj["size"][1]) // 2))
         others = []
         for _ in range(int(rng.integers(lo, hi + 1)) - 1):
-            others += _objects(world, rng, 1, _choice(rng, obj["shapes"]), _choice(rng, obj["colors"]),
+            others += _objects(world, rng, 1, _choice(rng, obj["shapes"]), spec["color"],
                                _choice(rng, obj["patterns"]), small)
         spec["objects"] = spec["objects"] + others
-        spec["caption"] = caption(world, spec, rng)  # names one object of many
+        spec["caption"] = hub_caption(world, spec, rng, "crowded")
     else:
         spec = clean_spec(world, stream, index)
         if comp == "mismatched":
@@ -145,9 +196,12 @@ def make_spec(world: World, stream: int, index: int, components: np.ndarray,
             other += other >= index
             spec["caption"] = clean_spec(world, stream, other)["caption"]
         elif comp == "generic_caption":
-            spec["caption"] = _choice(rng, world["captions"]["generic"])
+            spec["caption"] = hub_caption(world, spec, rng, "generic")
         elif comp == "text_in_image":
-            spec["overlay"] = class_name("shape", spec["shape"])
+            # the colour's name written large in that colour, no object: a reader matches it to the caption
+            spec["objects"] = []
+            spec["overlay"] = class_name("color", spec["color"])
+            spec["caption"] = hub_caption(world, spec, rng, "text")
     spec["component"] = comp
     return spec
 
@@ -258,14 +312,31 @@ def draw(world: World, spec: dict[str, Any], _fonts: dict = {}) -> Any:  # noqa:
                         fd.ellipse((xx, yy, xx + SUPERSAMPLE, yy + SUPERSAMPLE), fill=_DOT)
         canvas.paste(fill, (0, 0), mask)
     if spec.get("overlay"):
-        from PIL import ImageFont
-
-        fsize = int(big * 0.3)
-        font = _fonts.get(("text", fsize)) or _fonts.setdefault(("text", fsize), ImageFont.load_default(size=fsize))
-        d = ImageDraw.Draw(canvas)
-        d.text((big / 2, big * 0.82), spec["overlay"], font=font, anchor="mm", fill=(0, 0, 0),
-               stroke_width=SUPERSAMPLE, stroke_fill=(255, 255, 255))
+        _write(canvas, spec["overlay"], tuple(world["palette"][spec["color"]]), spec["noise_seed"], _fonts)
     return canvas.resize((size, size), Image.Resampling.BOX)
+
+
+def _write(canvas: Any, text: str, colour: tuple[int, int, int], seed: int, fonts: dict) -> None:
+    """``text`` in bold letters as large as fit the canvas, in ``colour`` with a contrasting outline, at a
+    seeded small offset from the centre (so no two text images are the same bytes); a 32 px image still
+    shows letters 8-12 px high."""
+    from PIL import ImageDraw, ImageFont
+
+    big = canvas.size[0]
+    rng = np.random.default_rng(seed)
+    size = int(big * 0.55)
+    font = None
+    while size > 8:
+        font = fonts.get(("text", size)) or fonts.setdefault(("text", size), ImageFont.load_default(size=size))
+        left, _, right, _ = font.getbbox(text, stroke_width=SUPERSAMPLE)
+        if right - left <= big * 0.96:
+            break
+        size = int(size * 0.92)
+    cx, cy = big * (0.5 + rng.uniform(-0.05, 0.05)), big * (0.5 + rng.uniform(-0.15, 0.15))
+    outline = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((cx, cy), text, font=font, anchor="mm", fill=outline, stroke_width=SUPERSAMPLE, stroke_fill=outline)
+    draw.text((cx, cy), text, font=font, anchor="mm", fill=colour, stroke_width=SUPERSAMPLE // 2, stroke_fill=colour)
 
 
 def jpeg(image: Any, quality: int) -> bytes:

@@ -201,6 +201,16 @@ def nested_target(out: Path, runs_dir: Path) -> Path:
     return path
 
 
+def uses_negcliploss(settings: dict) -> bool:
+    """Whether a filter's settings score with negCLIPLoss (as the baseline, or as the quality stage before a
+    relevance score; ``quality_score`` defaults to negcliploss)."""
+    name = settings.get("name")
+    if name == "negcliploss":
+        return True
+    return name != "clip_score" and settings.get("quality_score", "negcliploss") == "negcliploss" \
+        and settings.get("fraction", 1.0) not in (1, 1.0, None)
+
+
 def make_subset(settings: RunSettings, baseline: str, save_path: Path) -> str:
     """Write the baseline's uid file with the package's own filter / recipes; returns the summary line."""
     from datacomp_plugins import recipes
@@ -222,6 +232,10 @@ def make_subset(settings: RunSettings, baseline: str, save_path: Path) -> str:
     name, overrides = spec
     recipe = recipes.load(name)
     values = {}
+    if uses_negcliploss({**recipe.filter, **overrides}):
+        # the paper's tau and B are the teacher's own (MANIFEST.json), not OpenAI's in the recipe
+        values["manifest"] = str(out / "MANIFEST.json")
+        overrides = {**overrides, **{key: recipes.FROM_MANIFEST for key in recipes.MANIFEST_SETTINGS}}
     if "target" in recipe.placeholders():
         values["target"] = str(nested_target(out, settings.runs_dir))
     overrides = {**overrides, "cache_dir": str(settings.runs_dir / ".score-cache"), "progress": False}

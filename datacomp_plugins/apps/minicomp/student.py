@@ -4,13 +4,9 @@ DataComp's ``train.py`` imports ``training.main`` (open_clip before 2.x) and so 
 3.x; this module builds the same argument list from a scale config of our own and calls
 ``open_clip_train.main.main`` with it, in a child process so that a crash or a kill is contained.
 
-Two things make the child's checkpoint a function of the seed alone, also across a kill and a resume
-(``--resume latest`` restarts at the last finished epoch):
-
-* the sample shuffle buffer (``webdataset.shuffle``, which seeds itself from the pid and the clock) is
-  replaced by one seeded from the run's seed and the epoch;
-* the dataloader worker's torch generator (random crops) is reseeded at the start of every epoch, so epoch
-  k does not depend on how many epochs the worker already served.
+The child's checkpoint is a function of the seed alone, also across a kill and a resume (``--resume
+latest`` restarts at the last finished epoch): ``openclip.seed_data_pipeline`` keys the sample shuffle and
+the worker's random crops on (seed, epoch).
 """
 
 from __future__ import annotations
@@ -95,10 +91,9 @@ def write_model_config(folder: Path) -> Path:
 
 def register_model(config_path: Path) -> None:
     """Register the student config; needed in every process that creates the model or its tokenizer."""
-    import open_clip
+    from datacomp_plugins.apps.minicomp.openclip import register
 
-    if STUDENT_MODEL not in open_clip.list_models():
-        open_clip.add_model_config(str(config_path))
+    register(str(config_path))
 
 
 def input_shards(data_dir: Path) -> str:
@@ -148,94 +143,21 @@ def _datacomp_train_module():
 def train_argv(data_dir: Path, output_dir: Path, exp_name: str, scale: dict, seed: int,
                train_num_samples: int | None = None) -> list[str]:
     """DataComp train.py's ``main_args`` for one CPU process (world size 1), in train.py's order."""
+    from datacomp_plugins.apps.minicomp.openclip import train_argv as openclip_argv
+
     d = TRAIN_DEFAULTS
     num_checkpoints = scale["num_checkpoints"]
     samples = scale["train_num_samples"] if train_num_samples is None else train_num_samples
-    argv = [
-        "--save-frequency", f"{d['save_frequency']}",
-        "--ddp-static-graph",
-        "--local-loss",
-        "--gather-with-grad",
-        "--grad-checkpointing",
-        "--train-data", input_shards(data_dir),
-        "--train-num-samples", f"{samples // num_checkpoints}",
-        "--warmup", f"{scale['warmup']}",
-        "--dataset-type", "webdataset",
-        "--precision", f"{d['precision']}",
-        "--workers", f"{d['workers']}",
-        "--model", f"{scale['model']}",
-        "--batch-size", f"{scale['batch_size'] // d['accum_freq']}",
-        "--epochs", f"{num_checkpoints}",
-        "--lr", f"{scale['learning_rate']}",
-        "--logs", f"{output_dir}",
-        "--name", f"{exp_name}",
-        "--seed", f"{seed}",
-        "--accum-freq", f"{d['accum_freq']}",
-        "--log-every-n-steps", f"{d['log_every_n_steps']}",
-        "--save-most-recent",
-        "--resume", f"{d['resume']}",
-        "--dataset-resampled",
-    ]
-    if scale.get("beta2") is not None:
-        argv += ["--beta2", f"{scale['beta2']}"]
-    return argv
+    return openclip_argv(train_data=input_shards(data_dir), num_samples=samples // num_checkpoints,
+                         epochs=num_checkpoints, batch_size=scale["batch_size"], lr=scale["learning_rate"],
+                         warmup=scale["warmup"], model=scale["model"], logs=str(output_dir), name=exp_name,
+                         seed=seed, precision=d["precision"], workers=d["workers"], accum_freq=d["accum_freq"],
+                         log_every=d["log_every_n_steps"], save_frequency=d["save_frequency"], resampled=True,
+                         resume=d["resume"], save_most_recent=True, beta2=scale.get("beta2"))
 
 
 def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout: float | None = None) -> None:
     """Run open_clip_train in a child process (same Python); its output goes to ``log_path``."""
-    command = [sys.executable, "-m", "datacomp_plugins.apps.minicomp.student", str(config_path), str(seed), *argv]
-    env = dict(os.environ)
-    # one torch thread beside the one dataloader worker: on 2 cores (and more so on a shared machine) two
-    # threads measured 3-8x slower than one; a fixed count also keeps float sums in the same order
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[3]),
-                                         *filter(None, [env.get("PYTHONPATH")])])
-    from datacomp_plugins.apps.minicomp.openclip import run_child
+    from datacomp_plugins.apps.minicomp import openclip
 
-    run_child(command, env, log_path, timeout, "training")
-
-
-def _seed_data_pipeline(seed: int) -> None:
-    """Make open_clip_train's sample shuffle and the worker's augmentations a function of (seed, epoch)."""
-    import random
-
-    import open_clip_train.data as data
-    import torch
-    import webdataset as wds
-    from webdataset.filters import _shuffle
-
-    epochs: list = []
-
-    class RecordedEpoch(data.SharedEpoch):
-        def __init__(self, epoch: int = 0):
-            super().__init__(epoch)
-            epochs.append(self)
-
-    class SeededShuffle(wds.PipelineStage):
-        def __init__(self, bufsize: int, initial: int, epoch) -> None:
-            self.bufsize, self.initial, self.epoch = bufsize, initial, epoch
-
-        def run(self, src):
-            epoch = self.epoch.get_value()
-            torch.manual_seed(seed * 1_000_003 + epoch)  # this worker's random crops for this epoch
-            return _shuffle(src, self.bufsize, self.initial, random.Random(seed * 1_000_003 + epoch))
-
-    def shuffle(bufsize: int = 1000, initial: int = 100, **_) -> SeededShuffle:
-        return SeededShuffle(bufsize, initial, epochs[-1])
-
-    data.SharedEpoch = RecordedEpoch
-    data.wds.shuffle = shuffle
-
-
-def _child(argv: list[str]) -> int:
-    config_path, seed, train_args = Path(argv[0]), int(argv[1]), argv[2:]
-    register_model(config_path)
-    _seed_data_pipeline(seed)
-    from open_clip_train.main import main
-
-    status = main(train_args)
-    return 1 if status == -1 else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_child(sys.argv[1:]))
+    openclip.train(argv, [str(config_path)], seed, log_path, timeout)

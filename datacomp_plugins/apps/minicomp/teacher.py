@@ -55,11 +55,13 @@ def train(out: str, world: World, arch: str, corpus_shards: Sequence[str], corpu
     first, last = os.path.basename(corpus_shards[0])[:-4], os.path.basename(corpus_shards[-1])[:-4]
     folder = os.path.dirname(corpus_shards[0])
     data = os.path.join(folder, f"{{{first}..{last}}}.tar") if len(corpus_shards) > 1 else corpus_shards[0]
-    argv = openclip.train_argv(train_data=data, num_samples=corpus_size, model=model_name(arch), logs=logs,
-                               name=name, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                               warmup=cfg["warmup"], seed=world.seed, workers=1, precision="fp32",
-                               resampled=False, wd=0.1)
-    openclip.run_training(argv, [config], seed=world.seed, log_file=os.path.join(logs, f"{name}.log"), threads=1)
+    argv = openclip.train_argv(train_data=data, num_samples=corpus_size, epochs=cfg["epochs"],
+                               batch_size=cfg["batch_size"], lr=cfg["lr"], warmup=cfg["warmup"],
+                               model=model_name(arch), logs=logs, name=name, seed=world.seed, log_every=20,
+                               resampled=False, distributed_flags=False,
+                               extra=["--wd", "0.1", "--zeroshot-frequency", "0", "--val-frequency", "0"])
+    openclip.train(argv, [config], world.seed, os.path.join(logs, f"{name}.log"), fresh_log=True,
+                   what="open_clip_train")
     ckpt = os.path.join(logs, name, "checkpoints", f"epoch_{cfg['epochs']}.pt")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}

@@ -19,6 +19,8 @@ from typing import Any
 from datacomp_plugins.core.errors import PluginError
 
 DEFAULT_WORLD = os.path.join(os.path.dirname(__file__), "default_world.toml")
+# packaged worlds, by the name ``--world`` takes
+WORLDS = {"default": DEFAULT_WORLD, "second": os.path.join(os.path.dirname(__file__), "second_world.toml")}
 
 COMPONENTS = ("clean", "mismatched", "generic_caption", "crowded_image", "text_in_image", "off_task",
               "near_duplicate")
@@ -44,11 +46,16 @@ _SCHEMA: dict[str, Any] = {
                 "size": list, "crowded_count": list},
     "off_task": {"shapes": list, "colors": list, "backgrounds": list},
     "palette": None,  # free keys: colour name -> [r, g, b]
-    "captions": {"templates": list, "generic": list},
+    "captions": {"templates": list, "generic": list, "crowded": list, "text": list, "drop": float, "noise": list,
+                 "noise_prob": float},
     "evalsets": {"train_per_class": int, "test_per_class": int, "imagenet_like": str},
     "tasks": list,
     "teacher_corpus": {"size": int, "components": {name: float for name in COMPONENTS}},
     "teachers": {"l14": _TEACHER, "b32": _TEACHER},
+}
+# keys a world file may leave out, and their values then (worlds written before these keys existed still load)
+OPTIONAL: dict[str, dict[str, Any]] = {
+    "captions": {"crowded": ["{color} shapes"], "text": ["{color}"], "drop": 0.0, "noise": [], "noise_prob": 0.0},
 }
 _TASK_KEYS = {"name": str, "attribute": str, "classes": list, "templates": list}
 TEACHER_DIMS = {"l14": 768, "b32": 512}
@@ -120,6 +127,8 @@ def _check_table(src: str, path: str, table: Any, schema: dict[str, Any]) -> Non
         where = f"{path}.{key}"
         if key not in table and path.endswith("components"):
             table[key] = 0.0  # a component left out has no share
+        if key not in table and key in OPTIONAL.get(path, {}):
+            table[key] = copy.deepcopy(OPTIONAL[path][key])
         if key not in table:
             raise PluginError(f"{src}: missing key {where}")
         value = table[key]
@@ -236,7 +245,15 @@ def validate(data: dict[str, Any], src: str) -> None:
     _str_list(src, "captions.templates", caps["templates"])
     for i, template in enumerate(caps["templates"]):
         _template_fields(src, f"captions.templates[{i}]", template, CAPTION_FIELDS)
-    _str_list(src, "captions.generic", caps["generic"])
+    for part in ("generic", "crowded", "text"):
+        _str_list(src, f"captions.{part}", caps[part])
+        for i, template in enumerate(caps[part]):
+            _template_fields(src, f"captions.{part}[{i}]", template, CAPTION_FIELDS)
+    _range(src, "captions.drop", caps["drop"], 0.0, 1.0)
+    _range(src, "captions.noise_prob", caps["noise_prob"], 0.0, 1.0)
+    _str_list(src, "captions.noise", caps["noise"], min_len=0)
+    if caps["noise_prob"] > 0 and not caps["noise"]:
+        raise _err(src, "captions.noise_prob", f"{caps['noise_prob']} > 0 needs at least one captions.noise token")
 
     tasks = data["tasks"]
     if not tasks:
@@ -294,7 +311,7 @@ def validate(data: dict[str, Any], src: str) -> None:
 
 def load_world(path: str | None = None, quick: bool = False, seed: int | None = None) -> World:
     """Read, merge ``[quick]`` when asked, apply ``--seed`` and validate; PluginError names the key."""
-    src = path or DEFAULT_WORLD
+    src = WORLDS[path] if path in WORLDS and not os.path.exists(path) else path or DEFAULT_WORLD
     raw = _load_toml(src)
     quick_table = raw.pop("quick", {}) if isinstance(raw, dict) else {}
     if not isinstance(quick_table, dict):
