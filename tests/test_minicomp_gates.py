@@ -209,7 +209,7 @@ def test_recipe_takes_tau_and_b_from_a_manifest(tmp_path, cache_dir):
     assert recipes.parse_setting("temperature", "manifest") == "manifest"
     recipe = recipes.Recipe("r", "r", "", {"name": "negcliploss", "arch": "l14", "fraction": 0.3,
                                            "temperature": "manifest", "negcliploss_batch_size": "manifest"})
-    line = recipes.run(recipe, str(toy_pool / "metadata"), str(tmp_path / "a.npy"), {"manifest": str(manifest)},
+    recipes.run(recipe, str(toy_pool / "metadata"), str(tmp_path / "a.npy"), {"manifest": str(manifest)},
                        {"progress": False})
     direct = recipes.Recipe("d", "d", "", {"name": "negcliploss", "arch": "l14", "fraction": 0.3,
                                            "temperature": 0.0625, "negcliploss_batch_size": 128})

@@ -208,6 +208,26 @@ def _tasks(out: Path) -> list[str]:
 
 
 @needs_datacomp
+def test_negcliploss_filters_of_a_run_use_the_teachers_tau_and_batch(quick_runs):
+    """The paper takes tau and B from the teacher's training: every negCLIPLoss filter of the run (alone or as
+    the quality stage) ran with MANIFEST.json's values, not the recipes' OpenAI ones (0.01, 32768)."""
+    manifest = json.loads((quick_runs / "MANIFEST.json").read_text())
+    teacher = manifest["teachers"]["l14"]
+    assert teacher["batch_size"] == 128 and math.isclose(teacher["temperature"], math.exp(-teacher["logit_scale"]),
+                                                         rel_tol=1e-4)
+    checked = 0
+    for baseline in ("negcliploss_30", "negcliploss_normsiminf_target"):
+        sidecar = json.loads((quick_runs / "runs" / baseline / "uids.npy.json").read_text())
+        params = sidecar["parameters"]
+        assert params["temperature"] == teacher["temperature"] and params["temperature"] != 0.01
+        assert params["negcliploss_batch_size"] == teacher["batch_size"]
+        checked += 1
+    clip = json.loads((quick_runs / "runs" / "clip_score_30" / "uids.npy.json").read_text())["parameters"]
+    assert clip["temperature"] == 0.01  # CLIPScore has no temperature: left at the recipe's value
+    assert checked == 2
+
+
+@needs_datacomp
 def test_every_run_folder_holds_a_valid_eval_results_file(quick_runs):
     from datacomp_plugins.apps.minicomp.run import QUICK_BASELINES
 

@@ -34,11 +34,17 @@ HEAD_WIDTH = 32
 
 
 def model_config(cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """An open_clip model config (vision transformer + text transformer) from a world's teacher table."""
+    """An open_clip model config from a world's teacher table: a vision transformer (``vision = "vit"``) or
+    open_clip's modified ResNet (``vision = "resnet"``: ``layers`` blocks in each of its four stages, stem
+    ``width``), and a text transformer."""
+    if cfg.get("vision", "vit") == "resnet":
+        vision = {"image_size": int(image_size), "layers": [int(cfg["layers"])] * 4, "width": int(cfg["width"])}
+    else:
+        vision = {"image_size": int(image_size), "layers": int(cfg["layers"]), "width": int(cfg["width"]),
+                  "head_width": HEAD_WIDTH, "patch_size": int(cfg["patch_size"])}
     return {
         "embed_dim": int(cfg["embed_dim"]),
-        "vision_cfg": {"image_size": int(image_size), "layers": int(cfg["layers"]), "width": int(cfg["width"]),
-                       "head_width": HEAD_WIDTH, "patch_size": int(cfg["patch_size"])},
+        "vision_cfg": vision,
         "text_cfg": {"context_length": int(cfg["context_length"]), "vocab_size": VOCAB_SIZE,
                      "width": int(cfg["text_width"]), "heads": int(cfg["text_width"]) // HEAD_WIDTH,
                      "layers": int(cfg["text_layers"])},

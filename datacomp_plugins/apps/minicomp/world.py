@@ -35,7 +35,7 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 # key -> expected type; a dict is a sub-table. Lists are checked further below.
-_TEACHER = {"embed_dim": int, "width": int, "layers": int, "patch_size": int, "text_width": int,
+_TEACHER = {"vision": str, "embed_dim": int, "width": int, "layers": int, "patch_size": int, "text_width": int,
             "text_layers": int, "context_length": int, "epochs": int, "batch_size": int, "lr": float,
             "warmup": int}
 _SCHEMA: dict[str, Any] = {
@@ -55,6 +55,8 @@ _SCHEMA: dict[str, Any] = {
 }
 # keys a world file may leave out, and their values then (worlds written before these keys existed still load)
 OPTIONAL: dict[str, dict[str, Any]] = {
+    "teachers.l14": {"vision": "vit"},
+    "teachers.b32": {"vision": "vit"},
     "captions": {"crowded": ["{color} shapes"], "text": ["{color}"], "drop": 0.0, "noise": [], "noise_prob": 0.0},
 }
 _TASK_KEYS = {"name": str, "attribute": str, "classes": list, "templates": list}
@@ -291,10 +293,18 @@ def validate(data: dict[str, Any], src: str) -> None:
 
     for arch, cfg in data["teachers"].items():
         key = f"teachers.{arch}"
+        if cfg["vision"] not in ("vit", "resnet"):
+            raise _err(src, f"{key}.vision", f"{cfg['vision']!r}; expected vit or resnet")
         if cfg["embed_dim"] != TEACHER_DIMS[arch]:
             raise _err(src, f"{key}.embed_dim", f"{cfg['embed_dim']}; DataComp's {arch} embeddings are "
                                                 f"{TEACHER_DIMS[arch]}-d, the metadata layout needs that width")
+        resnet = cfg["vision"] == "resnet"
         for k in ("width", "text_width"):
+            if resnet and k == "width":  # the stem width; the attention pool is 32x wider, heads of 64
+                _range(src, f"{key}.{k}", cfg[k], 8, 4096)
+                if cfg[k] % 2:
+                    raise _err(src, f"{key}.{k}", f"{cfg[k]} must be even (a resnet's attention pool has heads of 64)")
+                continue
             _range(src, f"{key}.{k}", cfg[k], 32, 4096)
             if cfg[k] % 32:
                 raise _err(src, f"{key}.{k}", f"{cfg[k]} must be a multiple of 32 (attention heads of 32)")
@@ -303,6 +313,8 @@ def validate(data: dict[str, Any], src: str) -> None:
         _range(src, f"{key}.context_length", cfg["context_length"], 8, 77)
         _range(src, f"{key}.lr", cfg["lr"], 1e-8, 1.0)
         _range(src, f"{key}.warmup", cfg["warmup"], 0, 10**6)
+        if cfg["vision"] == "resnet" and size % 32:
+            raise _err(src, f"{key}.vision", f"a resnet teacher needs world.image_size divisible by 32, got {size}")
         if size % cfg["patch_size"] or cfg["patch_size"] < 1:
             raise _err(src, f"{key}.patch_size", f"{cfg['patch_size']} must divide world.image_size ({size})")
         if cfg["batch_size"] > data["teacher_corpus"]["size"]:
