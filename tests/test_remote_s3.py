@@ -6,6 +6,7 @@ permanent ones name the object, and the score cache neither refetches nor misses
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import zipfile
@@ -260,3 +261,20 @@ def test_a_corrupt_member_fails_its_crc(env, pools, tmp_path, capsys):
     assert run_filter("negcliploss", f"s3://{folder}", target, str(tmp_path / "o.npy"), str(tmp_path / "c")) == 2
     err = capsys.readouterr().err
     assert f"{folder}/s0.npz" in err and "CRC-32" in err
+
+
+def test_storage_options_flag_gives_the_endpoint_and_credentials(env, pools, tmp_path, monkeypatch, capsys):
+    local, remote, target = pools
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})  # no endpoint from fsspec's config ...
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")  # ... nor credentials from the environment
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    options = json.dumps({"endpoint_url": env.endpoint, "key": "testing", "secret": "testing"})
+    assert run_filter("clip_score", local, target, str(tmp_path / "local.npy"), str(tmp_path / "c1")) == 0
+    assert run_filter("clip_score", remote, target, str(tmp_path / "s3.npy"), str(tmp_path / "c2"),
+                      "--storage_options", options) == 0
+    assert (tmp_path / "s3.npy").read_bytes() == (tmp_path / "local.npy").read_bytes()
+    assert env.proxy.gets(".parquet")
+    for bad, words in (("{endpoint", "--storage_options: not JSON"), ("[1]", "expected a JSON object")):
+        assert run_filter("clip_score", remote, target, str(tmp_path / "x.npy"), str(tmp_path / "c3"),
+                          "--storage_options", bad) == 2
+        assert words in capsys.readouterr().err

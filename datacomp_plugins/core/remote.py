@@ -260,3 +260,36 @@ def _check_columns(names: Sequence[str], columns: Sequence[str], path: str) -> N
     missing = [c for c in columns if c not in names]
     if missing:
         raise PluginError(f"{path}: missing column(s) {missing}; it has {list(names)}")
+
+
+# --- credentials and endpoints ----------------------------------------------------------------------------
+
+
+def apply_storage_options(text: str, url: str) -> None:
+    """Make ``text`` (a JSON object of filesystem arguments, e.g. s3fs's ``endpoint_url``, ``profile``, ``key``)
+    the defaults for every URL of ``url``'s protocol in this process.
+
+    Set through fsspec's config, as ``FSSPEC_S3_ENDPOINT_URL=...`` or ``~/.config/fsspec/s3.json`` would: the pool,
+    a remote ``--save_path`` or ``--target`` on the same store get them; worker processes receive the pool's
+    filesystem with them already applied.
+    """
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PluginError(f"--storage_options: not JSON ({exc}); expected an object such as "
+                          "'{\"endpoint_url\": \"https://...\"}'") from None
+    if not isinstance(options, dict):
+        raise PluginError("--storage_options: expected a JSON object such as '{\"endpoint_url\": \"https://...\"}', "
+                          f"got {type(options).__name__}")
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol in (None, "file", "local"):
+        raise PluginError(f"--storage_options: --metadata_dir {url} is a local path; the options are for a "
+                          "remote store (s3://, gs://, ...)")
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as exc:
+        raise PluginError(f"--metadata_dir {url}: cannot open ({exc})") from None
+    protocols = cls.protocol if isinstance(cls.protocol, (tuple, list)) else (cls.protocol,)
+    from fsspec.config import conf
+
+    conf[protocols[0]] = {**conf.get(protocols[0], {}), **options}
