@@ -214,6 +214,15 @@ def test_permanent_errors_name_the_object_once(status, words, env, pools, tmp_pa
     assert not out.exists()
 
 
+def test_a_refused_listing_is_one_clear_error(env, pools, tmp_path, capsys):
+    _, remote, target = pools
+    env.proxy.faults.append(Fault(403, times=None, path_suffix=f"/{BUCKET}"))
+    assert run_filter("negcliploss", remote, target, str(tmp_path / "o.npy"), str(tmp_path / "c")) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"error: --metadata_dir {remote}: access denied" in err
+
+
 def test_cache_rerun_fetches_nothing_and_notices_an_object_changed_in_place(env, pools, tmp_path, capsys):
     local, remote, target = pools
     cache = str(tmp_path / "cache")

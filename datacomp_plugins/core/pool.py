@@ -121,7 +121,10 @@ class Pool:
     def __init__(self, metadata_dir: str, flag: str = "--metadata_dir") -> None:
         self.url = str(metadata_dir)
         self.fs, self.root = open_directory(self.url, flag)
-        entries = with_retries(lambda: self.fs.ls(self.root, detail=True), f"{flag} {self.url}")
+        try:
+            entries = with_retries(lambda: self.fs.ls(self.root, detail=True), f"{flag} {self.url}")
+        except PermissionError as exc:
+            raise PluginError(f"{flag} {self.url}: access denied ({exc})") from None
         listing = {posixpath.basename(e["name"].rstrip("/")): e for e in entries}
         stems = sorted(name[: -len(".parquet")] for name in listing if name.endswith(".parquet"))
         if not stems:

@@ -89,7 +89,10 @@ def open_file(fs: fsspec.AbstractFileSystem, path: str, size: int | None = None,
     options: dict[str, Any] = {"cache_type": CACHE_NAME, "cache_options": {}}
     if size is not None:
         options["size"] = size  # spares a HEAD request: the size came with the listing
-    handle = fs.open(path, "rb", **options)
+    try:
+        handle = fs.open(path, "rb", **options)
+    except TypeError:  # a filesystem whose files take no cache options: read as it reads
+        handle = fs.open(path, "rb")
     if tail and is_ranged(handle):
         total = handle.size
         start = max(0, total - TAIL_BYTES)
