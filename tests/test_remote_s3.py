@@ -290,3 +290,23 @@ def test_storage_options_flag_gives_the_endpoint_and_credentials(env, pools, tmp
         assert run_filter("clip_score", remote, target, str(tmp_path / "x.npy"), str(tmp_path / "c3"),
                           "--storage_options", bad) == 2
         assert words in capsys.readouterr().err
+
+
+def test_a_footer_larger_than_the_tail_costs_one_more_read(env, tmp_path):
+    from datacomp_plugins.core.pool import Pool
+
+    folder = tmp_path / "wide"
+    rng = np.random.default_rng(3)
+    img = unit_rows(rng, 50, 768).astype(np.float16)
+    wide = {f"extra_column_with_a_long_name_{i:04d}": np.arange(50.0) + i for i in range(400)}
+    write_shard(str(folder), "w0", random_hex_uids(50, 3), {"l14_img": img, "l14_txt": img}, extra_columns=wide)
+    footer = pq.read_metadata(folder / "w0.parquet").serialized_size
+    assert footer > TAIL_BYTES
+    fsspec.filesystem("s3").put(str(folder) + "/", f"{BUCKET}/wide/metadata/", recursive=True)
+    pool = Pool(f"s3://{BUCKET}/wide/metadata")
+    env.proxy.reset()
+    shard = pool.shards[0]
+    assert pool.read_uids(shard).tolist() == Pool(str(folder)).read_uids(Pool(str(folder)).shards[0]).tolist()
+    assert len(env.proxy.gets("w0.parquet")) == 3  # the tail, the rest of the footer, the uid chunk
+    assert env.proxy.bytes_fetched("w0.parquet") <= footer + 8 + chunk_bytes(str(folder / "w0.parquet"), ["uid"])
+    assert pool.num_rows(shard) == 50 and len(env.proxy.gets("w0.parquet")) == 3  # the footer is kept

@@ -42,9 +42,11 @@ CACHE_NAME = "datacomp_prefetched"
 
 
 class PrefetchedParts(KnownPartsOfAFile):
-    """fsspec's known-parts cache, plus: a read outside the known parts fetches exactly that range (and keeps it).
+    """fsspec's known-parts cache, except that bytes outside the known parts are fetched, exactly those bytes
+    (one ranged GET per gap), and kept.
 
-    fsspec's own ``parts`` cache zero-fills or raises there; the readahead caches fetch far more than asked.
+    fsspec's own ``parts`` cache raises, zero-fills or returns short there; the readahead caches fetch far more
+    than asked.
     """
 
     name = CACHE_NAME
@@ -52,25 +54,48 @@ class PrefetchedParts(KnownPartsOfAFile):
     def __init__(self, blocksize: int, fetcher, size: int, data: dict | None = None, **_: Any) -> None:
         super().__init__(blocksize, fetcher, size, data=dict(data or {}), strict=True)
         self.file_size = size
-        self.fetched_ranges: list[tuple[int, int]] = []
+
+    def gaps(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The sub-ranges of [start, stop) not in any known part."""
+        missing, position = [], start
+        for part_start, part_stop in sorted(self.data):
+            if part_stop <= position:
+                continue
+            if part_start >= stop:
+                break
+            if part_start > position:
+                missing.append((position, part_start))
+            position = part_stop
+            if position >= stop:
+                break
+        if position < stop:
+            missing.append((position, stop))
+        return missing
 
     def _fetch(self, start: int | None, stop: int | None) -> bytes:
         start = 0 if start is None else start
         stop = self.file_size if stop is None else min(stop, self.file_size)
         if start >= stop:
             return b""
-        try:
-            return super()._fetch(start, stop)
-        except ValueError:  # not (wholly) in a known part
-            log.debug("unplanned ranged read %d-%d", start, stop)
-            self.add(start, stop, self.fetcher(start, stop))
-            return self.data[(start, stop)]
+        for gap_start, gap_stop in self.gaps(start, stop):
+            log.debug("unplanned ranged read %d-%d", gap_start, gap_stop)
+            self.add(gap_start, gap_stop, self.fetcher(gap_start, gap_stop))
+        pieces, position = [], start
+        for part_start, part_stop in sorted(self.data):
+            if part_stop <= position or part_start > position:
+                continue
+            pieces.append(self.data[(part_start, part_stop)][position - part_start : min(part_stop, stop) - part_start])
+            position = min(part_stop, stop)
+            if position >= stop:
+                break
+        if position < stop:
+            raise AssertionError(f"range {start}-{stop} not assembled from known parts")
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def add(self, start: int, stop: int, data: bytes) -> None:
         if len(data) != stop - start:
             raise OSError(f"short read: {len(data)} bytes for range {start}-{stop}")
         self.data[(start, stop)] = data
-        self.fetched_ranges.append((start, stop))
 
 
 register_cache(PrefetchedParts, clobber=True)
@@ -111,18 +136,8 @@ def fetch_ranges(fs: fsspec.AbstractFileSystem, handle: IO, ranges: Sequence[tup
             merged[-1][1] = max(merged[-1][1], stop)
         else:
             merged.append([start, stop])
-    wanted = []
-    for start, stop in merged:  # only the bytes not fetched yet (e.g. a column chunk partly in the tail)
-        for known_start, known_stop in sorted(handle.cache.data):
-            if known_stop <= start or known_start >= stop:
-                continue
-            if known_start > start:
-                wanted.append((start, known_start))
-            start = max(start, known_stop)
-            if start >= stop:
-                break
-        if start < stop:
-            wanted.append((start, stop))
+    # only the bytes not fetched yet (e.g. a column chunk partly in the tail)
+    wanted = [gap for start, stop in merged for gap in handle.cache.gaps(start, stop)]
     if not wanted:
         return
     results = fs.cat_ranges([handle.path] * len(wanted), [a for a, _ in wanted], [b for _, b in wanted])
