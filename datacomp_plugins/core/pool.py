@@ -1,8 +1,8 @@
 """Reading a DataComp metadata pool: ``<stem>.parquet`` + ``<stem>.npz`` pairs under any fsspec URL.
 
 Parquet row i belongs to npz row i. Only the columns and npz keys a score needs are read (one npz key
-decompresses that array alone), embeddings come back as stored (float16 or float32), and nothing
-assumes a row count per shard.
+decompresses that array alone) and, on object stores, only their bytes are fetched (core/remote.py);
+embeddings come back as stored (float16 or float32), and nothing assumes a row count per shard.
 """
 
 from __future__ import annotations
