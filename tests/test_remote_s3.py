@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import random_hex_uids, unit_rows, write_shard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from s3server import S3, Fault
 
 from datacomp_plugins.cli import main
@@ -310,3 +312,25 @@ def test_a_footer_larger_than_the_tail_costs_one_more_read(env, tmp_path):
     assert len(env.proxy.gets("w0.parquet")) == 3  # the tail, the rest of the footer, the uid chunk
     assert env.proxy.bytes_fetched("w0.parquet") <= footer + 8 + chunk_bytes(str(folder / "w0.parquet"), ["uid"])
     assert pool.num_rows(shard) == 50 and len(env.proxy.gets("w0.parquet")) == 3  # the footer is kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(1, 80)), max_size=5),
+       st.lists(st.tuples(st.integers(0, 300), st.integers(0, 120)), min_size=1, max_size=6))
+def test_prefetched_parts_return_the_file_and_fetch_only_gaps(known, reads):
+    from datacomp_plugins.core.remote import PrefetchedParts
+
+    content = bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8))
+    fetched = []
+
+    def fetcher(start, stop):
+        fetched.append((start, stop))
+        return content[start:stop]
+
+    parts = {(a, min(a + n, 300)): content[a:min(a + n, 300)] for a, n in known if a < 300}
+    cache = PrefetchedParts(0, fetcher, len(content), data=dict(parts))
+    for start, length in reads:
+        before = len(fetched)
+        missing = cache.gaps(start, min(start + length, 300)) if start < 300 else []
+        assert cache._fetch(start, start + length) == content[start:start + length]
+        assert fetched[before:] == missing  # exactly the bytes not known yet, and nothing twice
