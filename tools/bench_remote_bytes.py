@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", default=None)
     parser.add_argument("--local_only", action="store_true", help="only the local speed comparison")
+    parser.add_argument("--reads_only", action="store_true", help="local: time the reads, not a whole filter run")
     args = parser.parse_args()
     codes = ([("before", os.path.abspath(args.before))] if args.before else []) + [("after", ROOT)]
 
@@ -202,14 +203,16 @@ def local_speed(args, codes, work, local) -> None:
             out = subprocess.run([sys.executable, "-c", LOCAL_READ, local, "3"], check=True, capture_output=True,
                                  text=True, env={**os.environ, "PYTHONPATH": code}, cwd=tempfile.gettempdir())
             reads[label].append(float(out.stdout))
+            if args.reads_only:
+                continue
             cache = tempfile.mkdtemp(dir=work)
             walls[label].append(run(code, ["filter", "--no_progress", "--name", "negcliploss", "--fraction", "0.3",
                                            "--metadata_dir", local, "--save_path",
                                            os.path.join(work, f"local-{label}.npy"), "--cache_dir", cache],
                                     dict(os.environ)))
     for label, _ in codes:
-        print(f"  {label:<7} reads {min(reads[label]):.3f} s (median {np.median(reads[label]):.3f})   "
-              f"filter {min(walls[label]):.2f} s (median {np.median(walls[label]):.2f})")
+        wall = f"filter {min(walls[label]):.2f} s (median {np.median(walls[label]):.2f})" if walls[label] else ""
+        print(f"  {label:<7} reads {min(reads[label]):.3f} s (median {np.median(reads[label]):.3f})   {wall}")
 
 
 if __name__ == "__main__":
