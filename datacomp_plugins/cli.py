@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for command in subparsers.choices.values():  # every command that reads a pool may read a remote one
+        if any("--metadata_dir" in action.option_strings for action in command._actions):
+            command.add_argument("--storage_options", metavar="JSON", default=None,
+                                 help="arguments for --metadata_dir's filesystem (s3fs, gcsfs, ...), e.g. "
+                                      "'{\"endpoint_url\": \"https://...\", \"profile\": \"p\"}'; "
+                                      "credentials otherwise come from the environment or fsspec's config")
     return parser
 
 
@@ -57,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C (workers, temporaries)
+            if getattr(args, "storage_options", None) is not None:
+                from datacomp_plugins.core.remote import apply_storage_options
+
+                apply_storage_options(args.storage_options, args.metadata_dir or "")
             return int(args.handler(args) or 0)
     except PluginError as exc:
         print(f"error: {exc}", file=sys.stderr)
