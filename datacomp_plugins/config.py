@@ -10,7 +10,6 @@ named by ``--quality_score``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,32 +260,16 @@ def check_numbers(config) -> None:
 
 
 def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] = ()) -> None:
-    """Refuse a --save_path that is one of the run's inputs, before anything is read.
+    """Refuse a --save_path that is one of the run's inputs (or lies in the score cache), before anything is
+    read: the shared check of :func:`datacomp_plugins.core.fileio.refuse_input_as_output`."""
+    from datacomp_plugins.core import fileio
 
-    The output is renamed over its path at the end, so writing onto a pool shard, the target or a uid file
-    the run restricts to would destroy an input (and, for a cached score, go unnoticed until the next run).
-    """
-    from datacomp_plugins.core.fileio import is_local, local_path
-
-    if not is_local(config.save_path):
-        return
-    out = os.path.realpath(local_path(config.save_path))
-    inputs = [(flag, value) for flag, value in (
-        ("--target", config.target), ("--external_scores", config.external_scores)) if value]
+    inputs = [("--target", config.target), ("--external_scores", config.external_scores)]
     inputs += [("--given_uids", path) for path in (config.given_uids.split("::") if config.given_uids else [])]
     inputs += [("recipe union file", path) for path in extra_inputs]
-    for flag, path in inputs:
-        if not is_local(path):
-            continue
-        real = os.path.realpath(local_path(path))
-        if out == real or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)):
-            raise PluginError(f"--save_path {config.save_path}: is the {flag} input {path}; choose another "
-                              "output path (writing there would replace the input)")
-    if is_local(config.metadata_dir):
-        pool = os.path.realpath(local_path(config.metadata_dir))
-        if os.path.dirname(out) == pool and out.endswith((".parquet", ".npz")):
-            raise PluginError(f"--save_path {config.save_path}: is a shard file of --metadata_dir "
-                              f"{config.metadata_dir}; choose another output path")
+    fileio.refuse_input_as_output(config.save_path, "--save_path", inputs,
+                                  [("--metadata_dir", config.metadata_dir)],
+                                  [("--cache_dir", config.cache_dir or default_cache_dir())])
 
 
 def _validate_relevance(config) -> None:

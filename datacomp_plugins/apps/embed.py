@@ -29,7 +29,14 @@ import fsspec
 import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_save_npy, check_writable, is_local, local_path
+from datacomp_plugins.core.fileio import (
+    atomic_save_npy,
+    check_writable,
+    is_local,
+    local_path,
+    refuse_input_as_output,
+)
+from datacomp_plugins.core.progress import disable as progress_disable
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -401,7 +408,7 @@ def embed_units(units: Sequence[Unit], net: Any, preprocess: Callable, device: s
     keys: list[tuple[int, int]] = []
     names: list[str] = []
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(total=total, unit="img", desc="embed", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, unit="img", desc="embed", disable=progress_disable(progress), file=sys.stderr)
     with torch.no_grad(), contextlib.closing(bar):
         for batch in loader:
             if batch["fatal"]:
@@ -437,6 +444,7 @@ def run_embed(model: str, pretrained: str | None, images: Sequence[str], out: st
     start = time.monotonic()
     EMBED_BATCH_SIZE.check(batch_size, "--batch_size")
     NUM_WORKERS.check(num_workers, "--num_workers")
+    refuse_input_as_output(out, "--out", [("--images", path) for path in images if not os.path.isdir(path)])
     check_writable(out, "--out")
     units = resolve_images(images, files_per_unit=max(1, batch_size))
     device = resolve_device(device)

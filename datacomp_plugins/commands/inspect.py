@@ -33,15 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from datacomp_plugins.apps.inspect_page import build_page
     from datacomp_plugins.apps.pool_scores import PoolScores
-    from datacomp_plugins.commands.scores import settings_from_args
+    from datacomp_plugins.commands.scores import refuse_overwriting_inputs, settings_from_args
+    from datacomp_plugins.core import ranges
     from datacomp_plugins.core.errors import PluginError
     from datacomp_plugins.core.fileio import check_writable
 
     if not 1 <= len(args.files) <= 2:
         raise PluginError(f"inspect: expected one or two uid files, got {len(args.files)}")
-    if args.per_group < 1:
-        raise PluginError(f"--per_group {args.per_group}: must be at least 1")
+    ranges.PER_GROUP.check(args.per_group, "--per_group")
+    ranges.SEED.check(args.page_seed, "--page_seed")
     settings = settings_from_args(args, args.metadata_dir)
+    refuse_overwriting_inputs(args.out, "--out", settings, [*(("uid file", f) for f in args.files),
+                                                            ("--shards", args.shards), ("--truth", args.truth)])
     check_writable(args.out, "--out")
     summary = build_page(args.files, PoolScores(settings), args.out, shards=args.shards, truth=args.truth,
                          seed=args.page_seed, group=args.per_group, progress=settings.progress)
