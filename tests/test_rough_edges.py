@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
 import pytest
 from conftest import expect_exit_2, make_pool
 
@@ -103,3 +104,156 @@ def test_a_folder_input_refuses_outputs_inside_it(tmp_path):
         refuse_input_as_output(str(tmp_path / "cache" / "v5" / "s.npy"), "--out",
                                [("--cache_dir", str(tmp_path / "cache"))])
     refuse_input_as_output(str(tmp_path / "cache2.npy"), "--out", [("--cache_dir", str(tmp_path / "cache"))])
+
+
+# ------------------------------------------------------------------------------ one line, not a traceback
+
+
+def test_recipe_on_a_binary_file_is_one_line(tmp_path, pool, cache_dir, capsys):
+    recipe = tmp_path / "x.toml"
+    recipe.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary")
+    out = tmp_path / "out.npy"
+    expect_exit_2(capsys, ["recipe", str(recipe), "--metadata_dir", str(pool), "--save_path", str(out)], out,
+                  str(recipe), "not a text file")
+
+
+@pytest.mark.parametrize("sidecar, fragment", [
+    ('{"format": "datacomp-plugins provenance 1", "x": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested too deeply"),
+    ('{"format": "datacomp-plugins provenance 1", "parameters": [1]}', "'parameters' is a list"),
+    ('{"format": "datacomp-plugins provenance 1", "stages": [3]}', "'stages'[0] is a int"),
+    ('{"format": "datacomp-plugins provenance 1", "pool": {"shards": 5}}', "wrong shape"),
+    ('{"format": "datacomp-plugins provenance 1", "command_line": 7}', "'command_line' is a int"),
+])
+def test_uids_info_with_a_malformed_sidecar_is_one_line(tmp_path, capsys, sidecar, fragment):
+    uid_file = tmp_path / "a.npy"
+    np.save(uid_file, np.zeros(2, dtype=np.dtype("u8,u8")))
+    (tmp_path / "a.npy.json").write_text(sidecar)
+    expect_exit_2(capsys, ["uids", "info", str(uid_file)], None, "a.npy.json", fragment)
+
+
+@pytest.mark.parametrize("flag, value, fragment", [("--page_seed", "-1", "--page_seed -1: must be an integer in"),
+                                                   ("--page_seed", str(1 << 40), "--page_seed"),
+                                                   ("--per_group", "0", "--per_group 0: must be")])
+def test_inspect_numbers_are_range_checked(tmp_path, pool, cache_dir, capsys, flag, value, fragment):
+    uid_file = _uid_file(tmp_path, pool, cache_dir)
+    out = tmp_path / "page.html"
+    expect_exit_2(capsys, ["inspect", uid_file, "--no_progress", "--metadata_dir", str(pool), "--out", str(out),
+                           flag, value], out, fragment)
+
+
+def test_inspect_with_a_corrupt_truth_parquet_is_one_line(tmp_path, pool, cache_dir, capsys):
+    uid_file = _uid_file(tmp_path, pool, cache_dir)
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    (truth / "00000000.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 10 + b"PAR1")
+    out = tmp_path / "page.html"
+    expect_exit_2(capsys, ["inspect", uid_file, "--no_progress", "--metadata_dir", str(pool), "--out", str(out),
+                           "--truth", str(truth)], out, str(truth / "00000000.parquet"), "unreadable parquet")
+
+
+def _external(tmp_path, uids: list[str], values: list[float]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "ext.parquet"
+    pq.write_table(pa.table({"uid": pa.array(uids, pa.string()), "s": pa.array(values, pa.float64())}), path)
+    return str(path)
+
+
+def _pool_uids(pool) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [u for f in sorted(pool.glob("*.parquet")) for u in pq.read_table(f)["uid"].to_pylist()]
+
+
+def test_external_scores_with_no_rows_score_no_sample(tmp_path, pool, cache_dir, capsys):
+    ext = _external(tmp_path, [], [])
+    out = tmp_path / "out.npy"
+    argv = ["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(pool), "--fraction", "1.0",
+            "--external_scores", ext, "--external_column", "s", "--external_fraction", "0.5", "--allow_empty",
+            "--save_path", str(out)]
+    assert main(argv) == 0
+    assert len(np.load(out)) == 0  # every sample unscored, dropped by --missing_score drop
+    expect_exit_2(capsys, [*argv[:-1], str(tmp_path / "e.npy"), "--missing_score", "error"], tmp_path / "e.npy",
+                  "no score for 70 of 70 pool samples")
+
+
+def test_external_scores_with_conflicting_duplicates_are_refused(tmp_path, pool, cache_dir, capsys):
+    uids = _pool_uids(pool)
+    values = [float(i) for i in range(len(uids))]
+    ext = _external(tmp_path, uids + [uids[5], uids[9]], values + [values[5], 123.0])
+    out = tmp_path / "out.npy"
+    expect_exit_2(capsys, ["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(pool),
+                           "--fraction", "1.0", "--external_scores", ext, "--external_column", "s",
+                           "--external_fraction", "0.5", "--save_path", str(out)], out,
+                  f"uid {uids[9]} is listed more than once", "rows 9 and 71", "1 such pairs")
+    # the same uid repeated with the same score is one score: accepted, and counted once
+    ext = _external(tmp_path, uids + [uids[5]], values + [values[5]])
+    assert main(["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(pool), "--fraction",
+                 "1.0", "--external_scores", ext, "--external_column", "s", "--external_fraction", "0.5",
+                 "--save_path", str(out)]) == 0
+    from datacomp_plugins.core.uids import parse_hex, sorted_unique
+
+    top = [u for _, u in sorted(zip(values, uids, strict=True), reverse=True)[:35]]
+    assert np.array_equal(np.load(out), sorted_unique(parse_hex(top)))
+
+
+def test_missing_score_error_without_external_scores_is_refused(tmp_path, pool, cache_dir, capsys):
+    out = tmp_path / "out.npy"
+    expect_exit_2(capsys, ["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(pool),
+                           "--fraction", "0.5", "--missing_score", "error", "--save_path", str(out)], out,
+                  "--missing_score error: only with --external_scores")
+
+
+BAD_PLUGIN = '''
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from datacomp_plugins.scores.base import Score, ScoreSpec
+
+
+@dataclass(frozen=True)
+class Bad(Score):
+    name: str = field(init=False, default="bad_score")
+
+    @property
+    def parquet_columns(self):
+        return ("text",)
+
+    def compute(self, shard, columns, embeddings):
+        if MODE == "short":
+            return np.zeros(len(columns["text"]) - 1, dtype=np.float32)
+        raise KeyError("the model file is missing")
+
+
+SPEC = ScoreSpec("bad_score", "quality", "a broken example", shard_score=lambda config, compute, cache: Bad())
+'''
+
+
+@pytest.mark.parametrize("mode, fragment", [("short", "compute returned shape (39,), expected (40,)"),
+                                            ("raises", "compute raised KeyError: 'the model file is missing'")])
+def test_a_plugin_score_that_fails_is_one_line_naming_it(tmp_path, cache_dir, monkeypatch, mode, fragment):
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    info = site / "bad_plugin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "bad_plugin.py").write_text(f"MODE = {mode!r}\n" + BAD_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[datacomp_plugins.scores]\nbad_score = bad_plugin:SPEC\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    make_pool(str(tmp_path / "pool"), [40])
+    out = tmp_path / "out.npy"
+    result = subprocess.run([sys.executable, "-m", "datacomp_plugins", "filter", "--name", "bad_score",
+                             "--metadata_dir", str(tmp_path / "pool"), "--fraction", "0.5", "--save_path", str(out),
+                             "--no_progress"], capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for part in ("score bad_score", "entry point bad_score = bad_plugin:SPEC", fragment, "shard 00000000"):
+        assert part in lines[0], (part, lines[0])
+    assert not out.exists()
+    assert not [p for p in (tmp_path / "cache").rglob("bad_score-*.npy")]
