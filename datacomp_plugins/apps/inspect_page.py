@@ -220,8 +220,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
+TRUTH_LAYOUT = ("truth labels: a .parquet file, or a folder of them, with columns uid (hex) and component "
+                "(string), as the toy pool's labels.parquet and the mini DataComp's truth/ hold them")
+
+
 def read_truth(folder: str, uids: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Component label per pool row from ``<folder>/<stem>.parquet`` (hex ``uid``, ``component``); '' if none."""
+    """Component label per pool row from a parquet file or a folder of them (hex ``uid``, ``component``);
+    '' if none. One layout for truth labels everywhere: the toy pool and the mini DataComp write it."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -229,22 +234,28 @@ def read_truth(folder: str, uids: np.ndarray, eligible: np.ndarray) -> np.ndarra
     from datacomp_plugins.core.uids import parse_hex
 
     fs, root = fsspec.core.url_to_fs(folder)
-    if not fs.isdir(root):
-        raise PluginError(f"--truth {folder}: no such directory")
-    files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
+    if fs.isfile(root) and root.endswith(".parquet"):
+        files = [root]  # one file of labels, as the toy pool writes labels.parquet
+    elif not fs.isdir(root):
+        raise PluginError(f"--truth {folder}: no such file or directory; expected {TRUTH_LAYOUT}")
+    else:
+        files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
     if not files:
-        raise PluginError(f"--truth {folder}: no .parquet files; expected <stem>.parquet with columns uid "
-                          "(hex) and component (string)")
+        raise PluginError(f"--truth {folder}: no .parquet files; expected {TRUTH_LAYOUT}")
     tables = []
     for path in files:
-        with fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            missing = [c for c in ("uid", "component") if c not in parquet.schema_arrow.names]
-            if missing:
-                raise PluginError(f"{path}: no column(s) {missing}; it has {parquet.schema_arrow.names}")
-            table = parquet.read(columns=["uid", "component"])
-        tables.append(table.select(["uid", "component"]).cast(pa.schema([("uid", pa.string()),
-                                                                           ("component", pa.string())])))
+        try:
+            with fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                missing = [c for c in ("uid", "component") if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise PluginError(f"{path}: no column(s) {missing}; it has {parquet.schema_arrow.names}; "
+                                      f"expected {TRUTH_LAYOUT}")
+                table = parquet.read(columns=["uid", "component"])
+            tables.append(table.select(["uid", "component"]).cast(pa.schema([("uid", pa.string()),
+                                                                               ("component", pa.string())])))
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise PluginError(f"--truth {path}: unreadable parquet ({exc}); expected {TRUTH_LAYOUT}") from None
     table = pa.concat_tables(tables)
     theirs = parse_hex(table.column("uid"), source=folder)
     labels = np.asarray(table.column("component").to_pylist(), dtype=object)

@@ -160,7 +160,7 @@ def write_toy_pool(out: str, shards: int = 6, rows: int = 4000, seed: int = 0, o
             pq.write_table(table, handle)
         with atomic_open(f"{stem}.npz") as handle:
             np.savez(handle, **arrays)
-        labels.append(pa.table({"uid": hexes, "kind": np.array(KINDS)[kinds], "concept": concepts,
+        labels.append(pa.table({"uid": hexes, "component": np.array(KINDS)[kinds], "concept": concepts,
                                 "target_relevant": concepts < TARGET_CONCEPTS}))
         total += n
     with atomic_open(os.path.join(out, "labels.parquet")) as handle:

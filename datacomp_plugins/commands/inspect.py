@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metadata_dir", required=True, metavar="POOL", help="DataComp metadata folder")
     parser.add_argument("--shards", default=None, metavar="SHARDS",
                         help="folder of the pool's webdataset tars (img2dataset's or the resharder's layout)")
-    parser.add_argument("--truth", default=None, metavar="DIR",
-                        help="folder of <stem>.parquet with columns uid (hex) and component (string)")
+    parser.add_argument("--truth", default=None, metavar="PATH",
+                        help="truth labels: a .parquet file (the toy pool's labels.parquet) or a folder of them, "
+                             "with columns uid (hex) and component (string)")
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--per_group", type=int, default=12, help="samples per grid")
     parser.add_argument("--page_seed", type=int, default=0, help="seed of the random samples on the page")
