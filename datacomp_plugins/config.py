@@ -272,6 +272,14 @@ def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] =
                                   [("--cache_dir", config.cache_dir or default_cache_dir())])
 
 
+def check_stage_fractions(fraction: float | None, normsim_fraction: float | None) -> None:
+    """The NormSim stage keeps a share of the pool among the quality stage's survivors: never more."""
+    if fraction is not None and normsim_fraction is not None and normsim_fraction > fraction:
+        raise PluginError(f"--normsim_fraction {normsim_fraction} is larger than --fraction {fraction}: the "
+                          "NormSim stage keeps a share of the pool among the quality stage's survivors, so it "
+                          "cannot keep more than they are")
+
+
 def _validate_relevance(config) -> None:
     relevance = config.relevance
     given = [flag for flag, value in (("--normsim_fraction", config.normsim_fraction),
@@ -284,11 +292,7 @@ def _validate_relevance(config) -> None:
     if (config.normsim_fraction is None) == (config.normsim_threshold is None):
         raise PluginError(f"--name {config.name}: exactly one of --normsim_fraction and --normsim_threshold "
                           "is required")
-    if (config.fraction is not None and config.normsim_fraction is not None
-            and config.normsim_fraction > config.fraction):
-        raise PluginError(f"--normsim_fraction {config.normsim_fraction} is larger than --fraction "
-                          f"{config.fraction}: the NormSim stage keeps a share of the pool among the quality "
-                          "stage's survivors, so it cannot keep more than they are")
+    check_stage_fractions(config.fraction, config.normsim_fraction)
     spec: ScoreSpec = scores.get(relevance)
     if spec.check is not None:
         spec.check(config)

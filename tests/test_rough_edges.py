@@ -257,3 +257,125 @@ def test_a_plugin_score_that_fails_is_one_line_naming_it(tmp_path, cache_dir, mo
         assert part in lines[0], (part, lines[0])
     assert not out.exists()
     assert not [p for p in (tmp_path / "cache").rglob("bad_score-*.npy")]
+
+
+# ------------------------------------------------------------------------------------- silent no-ops
+
+
+def test_uids_info_on_a_parquet_names_what_it_is(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"uid": ["0" * 32], "component": ["clean"]}), labels)
+    err = expect_exit_2(capsys, ["uids", "info", str(labels)], None, str(labels), "a parquet file",
+                        "not a uid file", "u8,u8", "uids from-hex")
+    assert "pickled" not in err
+
+
+def test_uids_from_hex_reads_a_dictionary_encoded_column(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import random_hex_uids
+
+    hexes = random_hex_uids(7, seed=4)
+    column = pa.array(hexes + hexes[:2], pa.string()).dictionary_encode()
+    assert pa.types.is_dictionary(column.type)
+    source = tmp_path / "uids.parquet"
+    pq.write_table(pa.table({"uid": column}), source)
+    assert pa.types.is_dictionary(pq.ParquetFile(source).schema_arrow.field("uid").type)
+    out = tmp_path / "out.npy"
+    assert main(["uids", "from-hex", str(source), "-o", str(out)]) == 0
+    assert np.load(out).tolist() == sorted(divmod(int(h, 16), 2**64) for h in hexes)
+
+
+class _FullDisk:
+    """A file whose every write fails as on a full disk (ENOSPC), including the flush when it is closed."""
+
+    def __init__(self, fd: int) -> None:
+        import io
+
+        class Raw(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data) -> int:
+                raise OSError(28, "No space left on device")
+
+        os.close(fd)
+        self.handle = io.BufferedWriter(Raw(), buffer_size=1 << 16)
+
+
+def test_toy_pool_on_a_full_disk_names_the_file_and_leaves_no_folders(tmp_path, capsys, monkeypatch):
+    from datacomp_plugins.core import fileio
+
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode="wb": _FullDisk(fd).handle)
+    out = tmp_path / "toy"
+    err = expect_exit_2(capsys, ["toy-pool", str(out)], None,
+                        str(out / "metadata" / "00000000.parquet"), "No space left on device")
+    assert "a file" not in err
+    assert not out.exists()  # no empty metadata/ and targets/ left behind
+    assert os.listdir(tmp_path) == []  # nor a temporary file
+
+
+def test_toy_pool_into_an_existing_folder_keeps_that_folder(tmp_path, capsys, monkeypatch):
+    from datacomp_plugins.core import fileio
+
+    out = tmp_path / "toy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode="wb": _FullDisk(fd).handle)
+    expect_exit_2(capsys, ["toy-pool", str(out)], None, "No space left on device")
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_demo_checks_its_flags_before_building_the_pool(tmp_path, capsys):
+    out = tmp_path / "demo"
+    expect_exit_2(capsys, ["demo", str(out), "--fraction", "0.2", "--normsim_fraction", "0.3"], out,
+                  "--normsim_fraction 0.3 is larger than --fraction 0.2")
+
+
+# ----------------------------------------------------------------------- the demo's outputs fit the commands
+
+
+def test_a_target_folder_with_both_archs_takes_the_right_dimension(tmp_path, capsys):
+    from datacomp_plugins.scores.targets import load_target
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    b32, l14 = rng.standard_normal((5, 512)), rng.standard_normal((7, 768))
+    np.save(folder / "target_b32.npy", b32.astype(np.float32))
+    np.save(folder / "target_l14.npy", l14.astype(np.float32))
+    for arch, dim, rows in (("b32", 512, b32), ("l14", 768, l14)):
+        got = load_target(str(folder), arch, dim)
+        expected = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        assert got.shape == rows.shape and np.allclose(got, expected, atol=1e-6)
+        err = capsys.readouterr().err
+        other = "target_l14.npy (768-d)" if arch == "b32" else "target_b32.npy (512-d)"
+        assert other in err
+    # a folder with no file of the right dimension is still refused, naming the file
+    np.save(folder / "target_l14.npy", rng.standard_normal((3, 100)).astype(np.float32))
+    from datacomp_plugins.core.errors import PluginError
+
+    with pytest.raises(PluginError, match="does not match --arch l14"):
+        load_target(str(folder), "l14", 768)
+
+
+def test_the_demo_outputs_work_as_target_and_truth(tmp_path, capsys):
+    """``--target OUT/targets`` and ``--truth OUT/labels.parquet`` as the toy pool writes them."""
+    from datacomp_plugins.apps.toy import write_toy_pool
+
+    toy = tmp_path / "toy"
+    write_toy_pool(str(toy), shards=2, rows=200)
+    cache = str(tmp_path / "cache")
+    out = tmp_path / "n.npy"
+    for arch in ("l14", "b32"):
+        assert main(["filter", "--no_progress", "--name", "normsiminf", "--arch", arch, "--metadata_dir",
+                     str(toy / "metadata"), "--fraction", "0.5", "--normsim_fraction", "0.2", "--target",
+                     str(toy / "targets"), "--cache_dir", cache, "--save_path", str(out)]) == 0, \
+            capsys.readouterr().err
+    page = tmp_path / "p.html"
+    assert main(["inspect", str(out), "--no_progress", "--metadata_dir", str(toy / "metadata"), "--truth",
+                 str(toy / "labels.parquet"), "--cache_dir", cache, "--out", str(page)]) == 0
+    assert "Share of each component kept" in page.read_text()

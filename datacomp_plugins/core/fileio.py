@@ -148,7 +148,8 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         except OSError as exc:
             raise write_error(path, exc) from None
         try:
-            with os.fdopen(fd, mode) as handle:
+            handle = os.fdopen(fd, mode)
+            try:
                 try:
                     yield handle
                 except OSError as exc:  # numpy's short write (a full disk) carries no errno
@@ -160,6 +161,16 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
                     os.fsync(handle.fileno())
                 except OSError as exc:
                     raise write_error(path, exc) from None
+            except BaseException:
+                # closing flushes the buffer again, which fails again on a full disk: that second error must
+                # not replace the first (it carries no file name)
+                with contextlib.suppress(OSError):
+                    handle.close()
+                raise
+            try:
+                handle.close()
+            except OSError as exc:
+                raise write_error(path, exc) from None
             try:
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
                 os.replace(tmp, target)
