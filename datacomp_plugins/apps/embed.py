@@ -326,6 +326,64 @@ def _check_model_and_pretrained(open_clip: Any, model: str, pretrained: str | No
                       f"tags: {', '.join(tags) or '(none)'}")
 
 
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_reachable(url: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (one try, no retries)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_weights(open_clip: Any, cfg: dict) -> bool:
+    """Whether the weights a pretrained tag names are already on this machine (open_clip's caches)."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+
+
+def _check_weights_reachable(open_clip: Any, model: str, pretrained: str | None) -> None:
+    """Fail in seconds, not after minutes of download retries, when a pretrained tag's weights are not cached
+    and their server cannot be reached; when they are cached and it cannot, load them offline."""
+    if not pretrained or os.path.isfile(pretrained) or model.startswith(("hf-hub:", "local-dir:")):
+        return
+    get_cfg = getattr(open_clip, "get_pretrained_cfg", None)
+    cfg = get_cfg(model.replace("/", "-"), pretrained) if get_cfg else None
+    if not cfg or "file" in cfg:
+        return
+    hub = bool(cfg.get("hf_hub"))
+    server = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub else cfg.get("url", "")
+    offline = hub and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and hub_reachable(server):
+        return
+    if _cached_weights(open_clip, cfg):
+        if hub:  # the hub client would first ask the server for a newer file, with retries
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            with contextlib.suppress(ImportError, AttributeError):
+                import huggingface_hub.constants
+
+                huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return
+    where = "HF_HUB_OFFLINE is set" if offline else f"{server} cannot be reached"
+    raise PluginError(f"--pretrained {pretrained}: the weights of {model} are not cached on this machine and "
+                      f"{where}; download them once with network access, or pass a local checkpoint path")
+
+
 def _check_weights_only(path: str) -> None:
     """For open_clip versions without ``weights_only``: refuse checkpoints that need unpickling code."""
     import torch
@@ -364,6 +422,7 @@ def load_model(model: str, pretrained: str | None, device: str = "cpu", precisio
     if model_config:
         register_model_config(open_clip, model_config)
     _check_model_and_pretrained(open_clip, model, pretrained)
+    _check_weights_reachable(open_clip, model, pretrained)
     kwargs: dict[str, Any] = {"pretrained": pretrained or None, "precision": precision, "device": device}
     local_file = bool(pretrained) and os.path.isfile(pretrained) and not pretrained.endswith(".safetensors")
     if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters:
