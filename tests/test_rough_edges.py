@@ -379,3 +379,51 @@ def test_the_demo_outputs_work_as_target_and_truth(tmp_path, capsys):
     assert main(["inspect", str(out), "--no_progress", "--metadata_dir", str(toy / "metadata"), "--truth",
                  str(toy / "labels.parquet"), "--cache_dir", cache, "--out", str(page)]) == 0
     assert "Share of each component kept" in page.read_text()
+
+
+# ------------------------------------------------------------------------------------------ progress bars
+
+
+class _Terminal:
+    """A stderr that says it is a terminal and keeps what was written."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def test_progress_bars_are_silent_when_stderr_is_not_a_terminal(tmp_path, pool, cache_dir, capsys):
+    out = tmp_path / "a.npy"
+    assert main(["filter", "--name", "negcliploss", "--metadata_dir", str(pool), "--fraction", "0.5",
+                 "--save_path", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "scoring" not in err and "\r" not in err and "it/s" not in err and "shard/s" not in err
+
+
+def test_no_scoring_bar_when_every_shard_is_cached(tmp_path, pool, cache_dir, monkeypatch, capsys):
+    import sys
+
+    argv = ["uids", "compare", _uid_file(tmp_path, pool, cache_dir), _uid_file(tmp_path, pool, cache_dir, "b.npy"),
+            "--metadata_dir", str(pool), "--scores", "clip_score,negcliploss"]
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["scores", "--metadata_dir", str(pool), "--scores", "clip_score,negcliploss",
+                 "--out", str(tmp_path / "s.parquet")]) == 0
+    assert "scoring" in terminal.text()  # a terminal shows the bar while shards are scored ...
+    terminal.parts.clear()
+    assert main(argv) == 0  # ... and none once every shard is in the cache (the runs above filled it)
+    assert "scoring" not in terminal.text(), terminal.text()
+    assert main(["inspect", argv[2], "--metadata_dir", str(pool), "--out", str(tmp_path / "p.html")]) == 0
+    assert "scoring" not in terminal.text(), terminal.text()
