@@ -268,8 +268,8 @@ def test_uids_info_on_a_parquet_names_what_it_is(tmp_path, capsys):
 
     labels = tmp_path / "labels.parquet"
     pq.write_table(pa.table({"uid": ["0" * 32], "component": ["clean"]}), labels)
-    err = expect_exit_2(capsys, ["uids", "info", str(labels)], None, str(labels), "a parquet file",
-                        "not a uid file", "u8,u8", "uids from-hex")
+    err = expect_exit_2(capsys, ["uids", "info", str(labels)], None, str(labels), "it is a parquet file",
+                        "not a readable .npy uid file", "u8,u8", "uids from-hex")
     assert "pickled" not in err
 
 

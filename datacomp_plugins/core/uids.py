@@ -282,7 +282,8 @@ def read_uid_file(path: str) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         what = _what_file(path)
         if what:
-            raise PluginError(f"{path}: {what}, not a uid file; a uid file is {UID_FILE_WORDS}") from None
+            raise PluginError(f"{path}: not a readable .npy uid file: it is {what}; a uid file is "
+                              f"{UID_FILE_WORDS}") from None
         raise PluginError(f"{path}: not a readable .npy uid file ({exc}); a uid file is {UID_FILE_WORDS}") from None
     if not isinstance(array, np.ndarray):
         array.close()
