@@ -10,7 +10,6 @@ named by ``--quality_score``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,32 +260,24 @@ def check_numbers(config) -> None:
 
 
 def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] = ()) -> None:
-    """Refuse a --save_path that is one of the run's inputs, before anything is read.
+    """Refuse a --save_path that is one of the run's inputs (or lies in the score cache), before anything is
+    read: the shared check of :func:`datacomp_plugins.core.fileio.refuse_input_as_output`."""
+    from datacomp_plugins.core import fileio
 
-    The output is renamed over its path at the end, so writing onto a pool shard, the target or a uid file
-    the run restricts to would destroy an input (and, for a cached score, go unnoticed until the next run).
-    """
-    from datacomp_plugins.core.fileio import is_local, local_path
-
-    if not is_local(config.save_path):
-        return
-    out = os.path.realpath(local_path(config.save_path))
-    inputs = [(flag, value) for flag, value in (
-        ("--target", config.target), ("--external_scores", config.external_scores)) if value]
+    inputs = [("--target", config.target), ("--external_scores", config.external_scores)]
     inputs += [("--given_uids", path) for path in (config.given_uids.split("::") if config.given_uids else [])]
     inputs += [("recipe union file", path) for path in extra_inputs]
-    for flag, path in inputs:
-        if not is_local(path):
-            continue
-        real = os.path.realpath(local_path(path))
-        if out == real or (os.path.isdir(real) and out.startswith(real.rstrip(os.sep) + os.sep)):
-            raise PluginError(f"--save_path {config.save_path}: is the {flag} input {path}; choose another "
-                              "output path (writing there would replace the input)")
-    if is_local(config.metadata_dir):
-        pool = os.path.realpath(local_path(config.metadata_dir))
-        if os.path.dirname(out) == pool and out.endswith((".parquet", ".npz")):
-            raise PluginError(f"--save_path {config.save_path}: is a shard file of --metadata_dir "
-                              f"{config.metadata_dir}; choose another output path")
+    fileio.refuse_input_as_output(config.save_path, "--save_path", inputs,
+                                  [("--metadata_dir", config.metadata_dir)],
+                                  [("--cache_dir", config.cache_dir or default_cache_dir())])
+
+
+def check_stage_fractions(fraction: float | None, normsim_fraction: float | None) -> None:
+    """The NormSim stage keeps a share of the pool among the quality stage's survivors: never more."""
+    if fraction is not None and normsim_fraction is not None and normsim_fraction > fraction:
+        raise PluginError(f"--normsim_fraction {normsim_fraction} is larger than --fraction {fraction}: the "
+                          "NormSim stage keeps a share of the pool among the quality stage's survivors, so it "
+                          "cannot keep more than they are")
 
 
 def _validate_relevance(config) -> None:
@@ -301,11 +292,7 @@ def _validate_relevance(config) -> None:
     if (config.normsim_fraction is None) == (config.normsim_threshold is None):
         raise PluginError(f"--name {config.name}: exactly one of --normsim_fraction and --normsim_threshold "
                           "is required")
-    if (config.fraction is not None and config.normsim_fraction is not None
-            and config.normsim_fraction > config.fraction):
-        raise PluginError(f"--normsim_fraction {config.normsim_fraction} is larger than --fraction "
-                          f"{config.fraction}: the NormSim stage keeps a share of the pool among the quality "
-                          "stage's survivors, so it cannot keep more than they are")
+    check_stage_fractions(config.fraction, config.normsim_fraction)
     spec: ScoreSpec = scores.get(relevance)
     if spec.check is not None:
         spec.check(config)

@@ -21,6 +21,7 @@ from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
 from datacomp_plugins.core.compute import Compute, decide, device_for
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Pool
+from datacomp_plugins.core.progress import disable as progress_disable
 from datacomp_plugins.core.uids import UID_DTYPE, save_uid_file
 from datacomp_plugins.scores.base import Score, ScoreSpec
 from datacomp_plugins.select.masks import (
@@ -85,12 +86,21 @@ def score_pool(pool: Pool, cache: ScoreCache, shard_scores: tuple[Score, ...], c
     if engine.uncached_only:  # e.g. Ray: an all-cached rerun then connects to no cluster
         shards = uncached_shards(job, shards)
     results = engine.score(job, shards, EngineOptions(config.num_workers, config.num_gpus, config.ray_address))
-    computed = 0
+    computed = done = 0
+    bar = None
     try:
-        for result in tqdm(results, total=len(shards), desc=f"scoring {config.name}", unit="shard",
-                           disable=not config.progress):
+        for result in results:
+            done += 1
             computed += bool(result.computed)
+            # the bar appears with the first shard actually scored: a run served from the cache shows none
+            if bar is None and result.computed:
+                bar = tqdm(total=len(shards), initial=done, desc=f"scoring {config.name}", unit="shard",
+                           disable=progress_disable(config.progress))
+            elif bar is not None:
+                bar.update(1)
     finally:  # stops the engine's workers now on an error or Ctrl-C, not when the generator is collected
+        if bar is not None:
+            bar.close()
         close = getattr(results, "close", None)
         if close is not None:
             close()
@@ -121,7 +131,8 @@ def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np
 def exact_column(spec: ScoreSpec, pool: Pool, arch: str, progress: bool = False) -> np.ndarray:
     """A quality score's values for the whole pool in shard order, as DataComp stores them."""
     parts = [spec.exact_values(pool, shard, arch)
-             for shard in tqdm(pool.shards, desc=f"reading {spec.name}", unit="shard", disable=not progress)]
+             for shard in tqdm(pool.shards, desc=f"reading {spec.name}", unit="shard",
+                               disable=progress_disable(progress))]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

@@ -188,13 +188,44 @@ def read_sidecar(uid_path: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise PluginError(f"{path}: unreadable provenance sidecar ({exc}); expected the JSON written "
                           "beside the uid file") from None
+    except RecursionError:
+        raise PluginError(f"{path}: unreadable provenance sidecar (nested too deeply); expected the JSON "
+                          "written beside the uid file") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PluginError(f"{path}: not a provenance sidecar (expected \"format\": {FORMAT!r})")
+    for key, kind in _FIELD_TYPES.items():
+        if key in data and data[key] is not None and not isinstance(data[key], kind[0]):
+            raise PluginError(f"{path}: provenance field {key!r} is a {type(data[key]).__name__}, expected "
+                              f"{kind[1]}")
+    for key in ("stages", "inputs"):
+        for index, entry in enumerate(data.get(key) or []):
+            if not isinstance(entry, dict):
+                raise PluginError(f"{path}: provenance field {key!r}[{index}] is a {type(entry).__name__}, "
+                                  "expected an object")
     return data
 
 
+# The sidecar's fields as ``uids info`` reads them: (type, words for the message).
+_FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "uid_sha256": (str, "a string"), "operation": (str, "a string"), "created_utc": (str, "a string"),
+    "package": (dict, "an object"), "command_line": (list, "a list of strings"),
+    "parameters": (dict, "an object"), "pool": (dict, "an object"), "stages": (list, "a list of objects"),
+    "inputs": (list, "a list of objects"),
+}
+
+
 def describe(data: dict[str, Any], uid_path: str) -> list[str]:
-    """Human-readable lines for ``uids info``."""
+    """Human-readable lines for ``uids info``; a sidecar whose nested fields have the wrong shape is one
+    clear error, not a traceback."""
+    try:
+        return _describe(data, uid_path)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise PluginError(f"{sidecar_path(uid_path)}: provenance sidecar has a field of the wrong shape "
+                          f"({type(exc).__name__}: {exc}); expected the JSON written beside the uid "
+                          "file") from None
+
+
+def _describe(data: dict[str, Any], uid_path: str) -> list[str]:
     lines = [f"provenance: {sidecar_path(uid_path)}"]
     actual = sha256_file(uid_path)
     match = "matches the file" if actual == data.get("uid_sha256") else "DOES NOT match the file (stale sidecar)"

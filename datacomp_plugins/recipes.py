@@ -74,7 +74,10 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
     if not path.is_file():
         raise PluginError(f"recipe {name_or_path}: not found; available: {', '.join(available(folder)) or 'none'}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PluginError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a recipe is a TOML "
+                          "file") from None
     except tomllib.TOMLDecodeError as exc:
         raise PluginError(f"{path}: not valid TOML ({exc})") from None
     if "filter" not in data or "name" not in data["filter"]:

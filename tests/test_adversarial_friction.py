@@ -167,3 +167,13 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, cache_dir):
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 141
     assert len(np.load(out)) == 11  # DataComp's rule: floor(20 * 0.5) + 1 (no ties)
+
+
+def test_readme_says_how_to_reach_the_command_and_what_make_test_downloads():
+    text = README.read_text()
+    quick = text[text.index("## Quick start") : text.index("## Filtering a DataComp pool")]
+    assert quick.index("make demo") < quick.index("make test")  # the first two commands stay first
+    first_use = text.index("datacomp-plugins filter")
+    assert "source .venv/bin/activate" in text[:first_use] and ".venv/bin/datacomp-plugins" in text[:first_use]
+    assert "torchvision" in quick and "5.5 GB" in quick and "CUDA" in quick
+

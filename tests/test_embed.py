@@ -372,3 +372,33 @@ def test_gpu_matches_cpu(tiny, images, tmp_path):
     assert main(["embed", "--model", TINY, "--model_config", TINY_CONFIG, "--pretrained", tiny["ckpt"],
                  "--images", str(folder), "--out", str(gpu), "--device", "cuda", "--no_progress"]) == 0
     np.testing.assert_allclose(np.load(gpu), np.load(cpu), atol=1e-3)
+
+
+def test_uncached_weights_without_network_fail_before_any_download(tmp_path, capsys, monkeypatch):
+    """A pretrained tag whose weights are not cached, on a machine that cannot reach the hub: one clear line,
+    and no download is attempted (open_clip's download retries took minutes)."""
+    from open_clip import pretrained as pretrained_module
+
+    from datacomp_plugins.apps import embed
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(pretrained_module, "hf_hub_download", no_download)
+    monkeypatch.setattr(pretrained_module, "download_pretrained_from_url", no_download)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(embed, "hub_reachable", lambda url, timeout=3.0: False)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    out = tmp_path / "out.npy"
+    code = main(["embed", "--model", "ViT-B-32", "--pretrained", "openai", "--images", str(tmp_path),
+                 "--out", str(out), "--no_progress"])
+    _fails(capsys, out, code, "--pretrained openai", "not cached on this machine", "cannot be reached")
+
+
+def test_the_hub_probe_fails_fast_on_an_unreachable_address():
+    from datacomp_plugins.apps.embed import hub_reachable
+
+    assert hub_reachable("https://127.0.0.1:9", timeout=2.0) is False  # nothing listens on the discard port

@@ -236,7 +236,7 @@ def test_toy_pool_negcliploss_keeps_fewer_generic_captions(tmp_path, cache_dir):
     assert main(["toy-pool", str(tmp_path / "toy"), "--shards", "3", "--rows", "3000"]) == 0
     labels = pq.read_table(tmp_path / "toy" / "labels.parquet")
     uids = parse_hex(labels["uid"])
-    generic = labels["kind"].to_numpy(zero_copy_only=False) == "generic"
+    generic = labels["component"].to_numpy(zero_copy_only=False) == "generic"
     kept = {}
     for name in ("clip_score", "negcliploss"):
         out = tmp_path / f"{name}.npy"

@@ -212,7 +212,7 @@ def cards(page: str) -> list[dict]:
             heading = match.group(1)
             continue
         body = match.group(2)
-        image = re.search(r'src="data:image/jpeg;base64,([^"]+)"', body)
+        image = re.search(r'src="data:image/(?:jpeg|png);base64,([^"]+)"', body)
         out.append({"uid": re.search(r"<code>([0-9a-f]{32})</code>", body).group(1), "heading": heading,
                     "image": base64.b64decode(image.group(1)) if image else None,
                     "caption": re.search(r'<span class="caption">(.*?)</span>', body, re.S).group(1)})
@@ -275,8 +275,11 @@ def test_page_thumbnails_are_the_samples_images(world, page):
         assert card["image"] is not None
         thumb = np.asarray(Image.open(io.BytesIO(card["image"])).convert("RGB"), dtype=np.float64)
         original = Image.open(io.BytesIO(originals[card["uid"]])).convert("RGB")
-        assert thumb.shape[:2] == (original.height, original.width)  # never upscaled
-        assert np.abs(thumb - np.asarray(original, dtype=np.float64)).mean() < 12  # same picture, re-encoded
+        # small images are scaled up by a whole factor, pixel for pixel (nearest, lossless), to <= 128 px
+        factor = max(1, 128 // max(original.size))
+        assert thumb.shape[:2] == (original.height * factor, original.width * factor)
+        pixels = np.asarray(original, dtype=np.float64)
+        assert np.array_equal(thumb, np.repeat(np.repeat(pixels, factor, 0), factor, 1))
 
 
 def test_page_grids_are_the_right_samples(world, page):
@@ -318,6 +321,79 @@ def test_page_is_seeded(world, page, tmp_path):
                  pool.metadata, "--shards", pool.shards, "--truth", pool.truth, "--out", str(again),
                  "--cache_dir", cache, "--per_group", "5", "--no_progress"]) == 0
     assert again.read_bytes() == page.read_bytes()
+
+
+def _svgs(text: str) -> list[tuple[str, list[tuple[int, int]], list[int]]]:
+    """Every histogram: its label, (pool, kept) per bin and the y-axis tick labels."""
+    out = []
+    for match in re.finditer(r'<svg class="hist[^"]*"[^>]*aria-label="histogram of ([^"]+)">(.*?)</svg>', text, re.S):
+        bins = [(int(p), int(k)) for p, k in re.findall(r"<title>\[[^)]*\): (\d+) in pool, (\d+) kept</title>",
+                                                          match.group(2))]
+        ticks = [int(t) for t in re.findall(r'class="ytick">(\d+)</text>', match.group(2))]
+        out.append((match.group(1), bins, ticks))
+    return out
+
+
+def test_page_histograms_have_a_y_axis_and_a_zoom_on_the_cutoff(world, page):
+    pool, root, _ = world
+    brute = brute_scores(pool)
+    values = np.array([brute[u]["clip_score"] for u in pool.uids])
+    kept = hexes(root / "clip_score.npy")
+    charts = _svgs(page.read_text())
+    full = next(c for c in charts if c[0] == "clip_score")
+    counts = np.histogram(values, np.linspace(values.min(), values.max(), 41))[0]
+    assert [p for p, _ in full[1]] == counts.tolist()
+    assert full[2] == sorted({0, int(counts.max()) // 2, int(counts.max())})  # the y axis: 0 .. tallest bar
+    zoom = next(c for c in charts if c[0].startswith("clip_score, zoomed on the cut-off"))
+    # the window holds as many samples below the cut-off as are kept: every kept sample is inside it, and the
+    # kept range fills about half of the 40 bins instead of a few
+    assert sum(k for _, k in zoom[1]) == len(kept)
+    assert sum(p for p, _ in zoom[1]) == min(2 * len(kept), len(values))
+    assert sum(1 for _, k in zoom[1] if k) >= 12
+    assert zoom[2][-1] == max(p for p, _ in zoom[1])
+
+
+def test_page_cards_name_their_component_and_shares_come_first(world, page):
+    pool, _, _ = world
+    text = page.read_text()
+    component_of = dict(zip(pool.uids, pool.components, strict=True))
+    shown = re.findall(r'<span class="component">component: ([^<]+)</span>.*?<code>([0-9a-f]{32})</code>', text,
+                       re.S)
+    assert len(shown) == len(cards(text)) > 0
+    assert all(component_of[uid] == name for name, uid in shown)
+    assert text.index("Share of each component kept") < text.index("<h2>A:")
+
+
+def test_inspect_shards_where_no_uid_matches_is_refused(world, tmp_path, capsys):
+    pool, root, cache = world
+    other = make_image_pool(str(tmp_path / "other"), shard_sizes=(10,), seed=5)  # other uids, same layout
+    out = tmp_path / "x.html"
+    code, _, err = run_cli(["inspect", root / "clip_score.npy", "--metadata_dir", pool.metadata, "--shards",
+                            other.shards, "--out", out, "--cache_dir", cache, "--no_progress"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "no uid of the files matched" in err and "img2dataset's layout" in err, err
+    assert not out.exists()
+
+
+def test_inspect_reads_the_toy_pools_labels_as_truth(tmp_path, capsys):
+    """The toy pool's labels.parquet is a truth file as it is: the shares match a count by hand."""
+    from datacomp_plugins.apps.toy import write_toy_pool
+
+    write_toy_pool(str(tmp_path / "toy"), shards=2, rows=300)
+    cache, metadata = tmp_path / "cache", tmp_path / "toy" / "metadata"
+    assert main(["filter", "--name", "clip_score", "--metadata_dir", str(metadata), "--fraction", "0.3",
+                 "--save_path", str(tmp_path / "a.npy"), "--cache_dir", str(cache), "--no_progress"]) == 0
+    out = tmp_path / "toy.html"
+    code, _, err = run_cli(["inspect", tmp_path / "a.npy", "--metadata_dir", metadata, "--out", out, "--truth",
+                            tmp_path / "toy" / "labels.parquet", "--cache_dir", cache, "--no_progress"], capsys)
+    assert code == 0, err
+    labels = pq.read_table(tmp_path / "toy" / "labels.parquet").to_pydict()
+    kept = hexes(tmp_path / "a.npy")
+    text = out.read_text()
+    for component in set(labels["component"]):
+        members = [u for u, c in zip(labels["uid"], labels["component"], strict=True) if c == component]
+        n = sum(u in kept for u in members)
+        assert f'data-component="{component}">{100.0 * n / len(members):.1f}% ({n})</td>' in text
 
 
 @pytest.mark.skipif(not os.environ.get("DATACOMP_DIR"), reason="DATACOMP_DIR is not set (DataComp's resharder)")

@@ -387,3 +387,28 @@ def test_seeded_rerun_after_a_kill_gives_identical_results(quick_runs, tmp_path)
     assert _run_cli([str(quick_runs), "--quick", "--baselines", "", "--subset", f"again={uids}",
                      "--runs_dir", str(runs)]) == 0
     assert results.stat().st_mtime_ns == mtime
+
+
+def test_a_one_seed_figure_does_not_claim_a_spread_over_seeds():
+    from datacomp_plugins.apps.minicomp.runreport import figure_title
+
+    assert "over seeds" not in figure_title([1, 1, 1]) and "one seed" in figure_title([1, 1])
+    assert figure_title([3, 3]) == "students per subset (mean ± sd over 3 seeds)"
+    assert figure_title([2, 3]) == "students per subset (mean ± sd over 2–3 seeds)"
+
+
+def test_children_of_minicomp_run_draw_no_progress_bars(tmp_path):
+    """A child started during the run writes its log without tqdm's carriage returns and escape codes."""
+    import subprocess
+    import sys
+
+    from datacomp_plugins.apps.minicomp.run import quiet_children
+
+    code = "from tqdm import tqdm\nfor _ in tqdm(range(50), mininterval=0): pass\nprint('done')\n"
+    log = tmp_path / "child.log"
+    with quiet_children(), open(log, "wb") as handle:
+        subprocess.run([sys.executable, "-c", code], stdout=handle, stderr=subprocess.STDOUT, check=True)
+    assert log.read_bytes() == b"done\n"
+    with open(log, "wb") as handle:  # outside, the same child draws its bar: the check can fail
+        subprocess.run([sys.executable, "-c", code], stdout=handle, stderr=subprocess.STDOUT, check=True)
+    assert b"\r" in log.read_bytes()

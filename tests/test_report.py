@@ -258,3 +258,45 @@ def test_out_is_a_file(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "runA"), "--out", str(out)]) == 2
     assert "--out" in capsys.readouterr().err
     assert out.read_text() == "keep me"
+
+
+def _minicomp_runs(root: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """``minicomp run``'s layout: runs/<baseline>/seed<k>/eval_results.jsonl with the world's own tasks."""
+    values = {}
+    for b, baseline in enumerate(("no_filter", "negcliploss_30")):
+        for seed in (0, 1, 10):
+            acc = {"shapes": 0.1 * (b + 1) + 0.01 * seed, "colors": 0.2 + 0.001 * seed}
+            folder = root / baseline / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "eval_results.jsonl").write_text("".join(
+                json.dumps({"key": k, "dataset": k, "metrics": {"acc1": v, "main_metric": v}}) + "\n"
+                for k, v in acc.items()))
+            values[(baseline, seed)] = acc
+    return values
+
+
+def test_report_reads_a_runs_folder_by_baseline_and_seed(tmp_path, capsys):
+    values = _minicomp_runs(tmp_path / "runs")
+    out = tmp_path / "out"
+    assert cli.main(["report", str(tmp_path / "runs"), "--partial", "--no-paper", "--out", str(out)]) == 0
+    rows = read_csv(out / "report.csv")
+    expected = {f"{b} seed {s}": v for (b, s), v in values.items()}
+    assert set(rows) == set(expected)
+    for label, acc in expected.items():  # rows hold the tasks' numbers, not empty cells
+        assert rows[label]["shapes"] == f"{100 * acc['shapes']:.2f}"
+        assert rows[label]["colors"] == f"{100 * acc['colors']:.2f}"
+    labels = list(rows)
+    assert labels.index("no_filter seed 1") < labels.index("no_filter seed 10")  # seeds by number
+    # one student's folder is named by its baseline and seed too
+    assert cli.main(["report", str(tmp_path / "runs" / "no_filter" / "seed0"), "--partial", "--no-paper"]) == 0
+    assert "| no_filter seed 0 (partial" in capsys.readouterr().out
+
+
+def test_no_paper_help_says_what_it_does():
+    import contextlib
+
+    with contextlib.redirect_stdout(io.StringIO()) as text, pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    flat = " ".join(text.getvalue().split())
+    assert "--no-paper leave out the paper's reference rows (they are shown unless this is given)" in flat
+    assert "(default: True)" not in flat

@@ -113,7 +113,7 @@ def main() -> None:
         samples = write_tars(metadata, shards)
         os.makedirs(truth, exist_ok=True)
         labels = pq.read_table(os.path.join(root, "toy", "labels.parquet"))
-        pq.write_table(pa.table({"uid": labels.column("uid"), "component": labels.column("kind")}),
+        pq.write_table(pa.table({"uid": labels.column("uid"), "component": labels.column("component")}),
                        os.path.join(truth, "labels.parquet"))
         print(f"pool with images: {samples} samples in {time.perf_counter() - started:.1f} s")
     files = {}

@@ -61,7 +61,7 @@ def compare(out: str, entries: list[Entry], rebuild: bool = False) -> tuple[list
         print(write_toy_pool(out, overwrite=True))
     labels = pq.read_table(os.path.join(out, "labels.parquet"))
     uids = parse_hex(labels.column("uid")).view("V16")
-    kinds = labels.column("kind").to_numpy(zero_copy_only=False)
+    kinds = labels.column("component").to_numpy(zero_copy_only=False)
     relevant = labels.column("target_relevant").to_numpy()
     totals = {kind: int((kinds == kind).sum()) for kind in KINDS}
     rows = []

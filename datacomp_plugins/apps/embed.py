@@ -29,7 +29,14 @@ import fsspec
 import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_save_npy, check_writable, is_local, local_path
+from datacomp_plugins.core.fileio import (
+    atomic_save_npy,
+    check_writable,
+    is_local,
+    local_path,
+    refuse_input_as_output,
+)
+from datacomp_plugins.core.progress import disable as progress_disable
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -319,6 +326,64 @@ def _check_model_and_pretrained(open_clip: Any, model: str, pretrained: str | No
                       f"tags: {', '.join(tags) or '(none)'}")
 
 
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_reachable(url: str, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (one try, no retries)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_weights(open_clip: Any, cfg: dict) -> bool:
+    """Whether the weights a pretrained tag names are already on this machine (open_clip's caches)."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+
+
+def _check_weights_reachable(open_clip: Any, model: str, pretrained: str | None) -> None:
+    """Fail in seconds, not after minutes of download retries, when a pretrained tag's weights are not cached
+    and their server cannot be reached; when they are cached and it cannot, load them offline."""
+    if not pretrained or os.path.isfile(pretrained) or model.startswith(("hf-hub:", "local-dir:")):
+        return
+    get_cfg = getattr(open_clip, "get_pretrained_cfg", None)
+    cfg = get_cfg(model.replace("/", "-"), pretrained) if get_cfg else None
+    if not cfg or "file" in cfg:
+        return
+    hub = bool(cfg.get("hf_hub"))
+    server = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub else cfg.get("url", "")
+    offline = hub and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and hub_reachable(server):
+        return
+    if _cached_weights(open_clip, cfg):
+        if hub:  # the hub client would first ask the server for a newer file, with retries
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            with contextlib.suppress(ImportError, AttributeError):
+                import huggingface_hub.constants
+
+                huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return
+    where = "HF_HUB_OFFLINE is set" if offline else f"{server} cannot be reached"
+    raise PluginError(f"--pretrained {pretrained}: the weights of {model} are not cached on this machine and "
+                      f"{where}; download them once with network access, or pass a local checkpoint path")
+
+
 def _check_weights_only(path: str) -> None:
     """For open_clip versions without ``weights_only``: refuse checkpoints that need unpickling code."""
     import torch
@@ -357,6 +422,7 @@ def load_model(model: str, pretrained: str | None, device: str = "cpu", precisio
     if model_config:
         register_model_config(open_clip, model_config)
     _check_model_and_pretrained(open_clip, model, pretrained)
+    _check_weights_reachable(open_clip, model, pretrained)
     kwargs: dict[str, Any] = {"pretrained": pretrained or None, "precision": precision, "device": device}
     local_file = bool(pretrained) and os.path.isfile(pretrained) and not pretrained.endswith(".safetensors")
     if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters:
@@ -401,7 +467,7 @@ def embed_units(units: Sequence[Unit], net: Any, preprocess: Callable, device: s
     keys: list[tuple[int, int]] = []
     names: list[str] = []
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(total=total, unit="img", desc="embed", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, unit="img", desc="embed", disable=progress_disable(progress), file=sys.stderr)
     with torch.no_grad(), contextlib.closing(bar):
         for batch in loader:
             if batch["fatal"]:
@@ -437,6 +503,7 @@ def run_embed(model: str, pretrained: str | None, images: Sequence[str], out: st
     start = time.monotonic()
     EMBED_BATCH_SIZE.check(batch_size, "--batch_size")
     NUM_WORKERS.check(num_workers, "--num_workers")
+    refuse_input_as_output(out, "--out", [("--images", path) for path in images if not os.path.isdir(path)])
     check_writable(out, "--out")
     units = resolve_images(images, files_per_unit=max(1, batch_size))
     device = resolve_device(device)

@@ -66,41 +66,67 @@ def clean_cutoff(values: np.ndarray, kept: np.ndarray, eligible: np.ndarray) -> 
 
 
 def _histogram_svg(values: np.ndarray, kept: np.ndarray, eligible: np.ndarray, name: str,
-                   cutoff: float | None) -> str:
+                   cutoff: float | None, window: tuple[float, float] | None = None) -> str:
+    """Pool and kept counts per bin, with a y axis (counts) and the cut-off marked; ``window`` limits the
+    x range (the zoomed chart), counting the samples outside it in the title."""
     finite = eligible & np.isfinite(values)
     data = values[finite].astype(np.float64)
     if len(data) == 0:
         return f'<p class="note">{html.escape(name)}: no scorable samples</p>'
-    low, high = float(data.min()), float(data.max())
+    low, high = (float(data.min()), float(data.max())) if window is None else window
     if high <= low:
         high = low + 1e-6
     edges = np.linspace(low, high, BINS + 1)
     pool_counts = np.histogram(data, edges)[0]
     kept_counts = np.histogram(values[kept & finite].astype(np.float64), edges)[0]
-    width, height, pad = 420, 130, 18
+    width, height, pad, left_pad = 440, 130, 18, 44
     top = max(1, int(pool_counts.max()))
-    bar = (width - 2 * pad) / BINS
-    parts = [f'<svg class="hist" width="{width}" height="{height + 2 * pad}" role="img" '
-             f'aria-label="histogram of {html.escape(name)}">']
+    bar = (width - left_pad - pad) / BINS
+    outside = int(((data < low) | (data > high)).sum())
+    label = name if window is None else f"{name}, zoomed on the cut-off ({outside} samples outside)"
+    parts = [f'<svg class="hist{"" if window is None else " zoom"}" width="{width}" height="{height + 2 * pad}" '
+             f'role="img" aria-label="histogram of {html.escape(label)}">']
+    # y axis: a line with 0, the middle and the tallest bar's count
+    parts.append(f'<line x1="{left_pad - 2}" x2="{left_pad - 2}" y1="{pad}" y2="{pad + height}" class="axis"/>')
+    for count in sorted({0, top // 2, top}):
+        y = pad + height - height * count / top
+        parts.append(f'<line x1="{left_pad - 5}" x2="{left_pad - 2}" y1="{y:.1f}" y2="{y:.1f}" class="axis"/>'
+                     f'<text x="{left_pad - 7}" y="{y + 4:.1f}" text-anchor="end" class="ytick">{count}</text>')
     for i, (p, k) in enumerate(zip(pool_counts, kept_counts, strict=True)):
-        x = pad + i * bar
+        x = left_pad + i * bar
         hp, hk = height * p / top, height * k / top
         parts.append(f'<rect x="{x:.1f}" y="{pad + height - hp:.1f}" width="{bar - 1:.1f}" height="{hp:.1f}" '
                      f'class="pool"><title>[{edges[i]:.4g}, {edges[i + 1]:.4g}): {p} in pool, {k} kept</title></rect>')
         if k:
             parts.append(f'<rect x="{x:.1f}" y="{pad + height - hk:.1f}" width="{bar - 1:.1f}" '
                          f'height="{hk:.1f}" class="kept"/>')
-    if cutoff is not None:
-        cx = pad + (cutoff - low) / (high - low) * (width - 2 * pad)
+    if cutoff is not None and low <= cutoff <= high:
+        cx = left_pad + (cutoff - low) / (high - low) * (width - left_pad - pad)
         parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{pad - 4}" y2="{pad + height}" class="cut"/>')
         left = cx > 0.6 * width  # keep the label inside the chart
         parts.append(f'<text x="{cx - 3 if left else cx + 3:.1f}" y="{pad + 6}" class="cutlabel" '
                      f'text-anchor="{"end" if left else "start"}">cut-off {cutoff:.4g}</text>')
-    parts.append(f'<text x="{pad}" y="{height + 2 * pad - 2}">{low:.4g}</text>')
+    parts.append(f'<text x="{left_pad}" y="{height + 2 * pad - 2}">{low:.4g}</text>')
     parts.append(f'<text x="{width - pad}" y="{height + 2 * pad - 2}" text-anchor="end">{high:.4g}</text>')
-    parts.append(f'<text x="{width / 2:.0f}" y="{height + 2 * pad - 2}" text-anchor="middle">'
-                 f'{html.escape(name)}</text></svg>')
+    parts.append(f'<text x="{(left_pad + width - pad) / 2:.0f}" y="{height + 2 * pad - 2}" text-anchor="middle">'
+                 f'{html.escape(name if window is None else name + " (zoom)")}</text></svg>')
     return "".join(parts)
+
+
+def zoom_window(values: np.ndarray, kept: np.ndarray, eligible: np.ndarray,
+                cutoff: float | None) -> tuple[float, float] | None:
+    """The x range of the zoomed histogram: the scores of the pool's samples ranked around the cut-off, as
+    many below it as are kept (at least 2% of the pool each side), so the kept range fills about half the
+    chart whatever the tails. None without a single cut-off."""
+    finite = np.sort(values[eligible & np.isfinite(values)].astype(np.float64))
+    if cutoff is None or len(finite) < 2:
+        return None
+    n = len(finite)
+    rank = int(np.searchsorted(finite, cutoff, side="left"))  # samples below the cut-off
+    span = max(int((kept & eligible & np.isfinite(values)).sum()), int(np.ceil(0.02 * n)), 1)
+    low = finite[max(0, rank - span)]
+    high = finite[min(n - 1, rank + span - 1)]
+    return (float(low), float(high)) if high > low else None
 
 
 def _pick_lowest(values: np.ndarray, mask: np.ndarray, n: int, highest: bool = False) -> np.ndarray:
@@ -122,8 +148,9 @@ class PageBuilder:
     """Collects the sections, then embeds the captions and thumbnails of the rows shown."""
 
     def __init__(self, uids: np.ndarray, columns: dict[str, np.ndarray], shard_index: np.ndarray,
-                 pool, images=None, seed: int = 0, group: int = GROUP) -> None:
+                 pool, images=None, seed: int = 0, group: int = GROUP, labels: np.ndarray | None = None) -> None:
         self.uids, self.columns, self.shard_index = uids, columns, shard_index
+        self.labels = labels  # the component of each row, with --truth
         self.pool, self.images = pool, images
         self.rng = np.random.default_rng(seed)
         self.group = group
@@ -152,7 +179,7 @@ class PageBuilder:
         page = PAGE.format(title=html.escape(title), notes=note_html, body=body, style=STYLE, script=SCRIPT)
         return page, images, len(shown)
 
-    def _card(self, row: int, caption: str, thumb: str | None, files: Sequence[FileView]) -> str:
+    def _card(self, row: int, caption: str, thumb: tuple[str, str] | None, files: Sequence[FileView]) -> str:
         from datacomp_plugins.core.uids import to_hex
 
         uid = to_hex(self.uids[row : row + 1])[0].decode()
@@ -160,11 +187,18 @@ class PageBuilder:
         badges = "".join(f'<span class="badge {"in" if f.kept[row] else "out"}">{"kept" if f.kept[row] else "dropped"}'
                          f' by {html.escape(_short(f.path))}</span>' for f in files)
         if thumb:
-            image = f'<img alt="sample {uid}" data-uid="{uid}" src="data:image/jpeg;base64,{thumb}">'
+            mime, data = thumb
+            pixelated = ' class="pixelated"' if mime == "image/png" else ""
+            image = f'<img alt="sample {uid}" data-uid="{uid}"{pixelated} src="data:{mime};base64,{data}">'
         else:  # no box at all on a page without shards; a marked gap where a shown sample has no image
             image = "" if self.images is None else '<div class="noimg">no image</div>'
+        component = ""
+        if self.labels is not None:
+            name = str(self.labels[row]) or "(no label)"
+            component = f'<span class="component">component: {html.escape(name)}</span>'
         return (f'<figure class="card">{image}<figcaption><span class="caption">{html.escape(caption[:200])}'
-                f'</span><span class="scores">{scores}</span>{badges}<code>{uid}</code></figcaption></figure>')
+                f'</span>{component}<span class="scores">{scores}</span>{badges}<code>{uid}</code></figcaption>'
+                '</figure>')
 
     def _captions(self, rows: np.ndarray) -> dict[int, str]:
         """The ``text`` column of the metadata, read only for the shards that hold shown rows."""
@@ -184,7 +218,7 @@ class PageBuilder:
                 out[int(row)] = "" if value is None else str(value)
         return out
 
-    def _thumbnails(self, rows: np.ndarray) -> dict[int, str]:
+    def _thumbnails(self, rows: np.ndarray) -> dict[int, tuple[str, str]]:
         """Base64 JPEG thumbnails of the shown rows that have an image in the tars."""
         if self.images is None or len(rows) == 0:
             return {}
@@ -202,14 +236,35 @@ class PageBuilder:
         for uid, ref in refs.items():
             try:
                 with Image.open(io.BytesIO(data[ref])) as image:
-                    image = image.convert("RGB")
-                    image.thumbnail((THUMB, THUMB))
-                    buffer = io.BytesIO()
-                    image.save(buffer, format="JPEG", quality=80)
+                    out[hexes[uid]] = thumbnail(image.convert("RGB"))
             except (UnidentifiedImageError, OSError):
                 continue  # an undecodable image is shown as "no image", like a missing one
-            out[hexes[uid]] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        if hexes and not refs:
+            raise PluginError(f"--shards {self.images.url}: none of the {len(hexes)} samples shown has an image "
+                              f"there (no uid of the files matched); expected {SHARD_LAYOUT}")
         return out
+
+
+SHARD_LAYOUT = ("the pool's webdataset tars in img2dataset's layout (<key>.jpg with <key>.json holding the uid, "
+                "or <stem>.parquet with key and uid beside <stem>.tar) or DataComp's resharder's (<uid>-<j>.jpg)")
+
+
+def thumbnail(image) -> tuple[str, str]:
+    """(mime type, base64) of an embedded thumbnail. A small image (the mini DataComp's 32 px) is scaled up by
+    a whole factor with nearest-neighbour pixels and kept lossless (PNG), so letters on a texture stay
+    readable; a large one is shrunk to ``THUMB`` px as JPEG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    side = max(image.size)
+    if side * 2 <= THUMB:
+        factor = THUMB // side
+        image = image.resize((image.size[0] * factor, image.size[1] * factor), Image.NEAREST)
+        image.save(buffer, format="PNG")
+        return "image/png", base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.thumbnail((THUMB, THUMB))
+    image.save(buffer, format="JPEG", quality=80)
+    return "image/jpeg", base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _short(path: str) -> str:
@@ -220,8 +275,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
+TRUTH_LAYOUT = ("truth labels: a .parquet file, or a folder of them, with columns uid (hex) and component "
+                "(string), as the toy pool's labels.parquet and the mini DataComp's truth/ hold them")
+
+
 def read_truth(folder: str, uids: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Component label per pool row from ``<folder>/<stem>.parquet`` (hex ``uid``, ``component``); '' if none."""
+    """Component label per pool row from a parquet file or a folder of them (hex ``uid``, ``component``);
+    '' if none. One layout for truth labels everywhere: the toy pool and the mini DataComp write it."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -229,22 +289,28 @@ def read_truth(folder: str, uids: np.ndarray, eligible: np.ndarray) -> np.ndarra
     from datacomp_plugins.core.uids import parse_hex
 
     fs, root = fsspec.core.url_to_fs(folder)
-    if not fs.isdir(root):
-        raise PluginError(f"--truth {folder}: no such directory")
-    files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
+    if fs.isfile(root) and root.endswith(".parquet"):
+        files = [root]  # one file of labels, as the toy pool writes labels.parquet
+    elif not fs.isdir(root):
+        raise PluginError(f"--truth {folder}: no such file or directory; expected {TRUTH_LAYOUT}")
+    else:
+        files = sorted(p for p in fs.ls(root, detail=False) if p.endswith(".parquet"))
     if not files:
-        raise PluginError(f"--truth {folder}: no .parquet files; expected <stem>.parquet with columns uid "
-                          "(hex) and component (string)")
+        raise PluginError(f"--truth {folder}: no .parquet files; expected {TRUTH_LAYOUT}")
     tables = []
     for path in files:
-        with fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            missing = [c for c in ("uid", "component") if c not in parquet.schema_arrow.names]
-            if missing:
-                raise PluginError(f"{path}: no column(s) {missing}; it has {parquet.schema_arrow.names}")
-            table = parquet.read(columns=["uid", "component"])
-        tables.append(table.select(["uid", "component"]).cast(pa.schema([("uid", pa.string()),
-                                                                           ("component", pa.string())])))
+        try:
+            with fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                missing = [c for c in ("uid", "component") if c not in parquet.schema_arrow.names]
+                if missing:
+                    raise PluginError(f"{path}: no column(s) {missing}; it has {parquet.schema_arrow.names}; "
+                                      f"expected {TRUTH_LAYOUT}")
+                table = parquet.read(columns=["uid", "component"])
+            tables.append(table.select(["uid", "component"]).cast(pa.schema([("uid", pa.string()),
+                                                                               ("component", pa.string())])))
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise PluginError(f"--truth {path}: unreadable parquet ({exc}); expected {TRUTH_LAYOUT}") from None
     table = pa.concat_tables(tables)
     theirs = parse_hex(table.column("uid"), source=folder)
     labels = np.asarray(table.column("component").to_pylist(), dtype=object)
@@ -278,7 +344,7 @@ def build_page(uid_paths: Sequence[str], scores, out: str, shards: str | None = 
     if images is None:
         notes.append("No images: --shards was not given (a pool without image shards, e.g. the toy pool); "
                      "the page shows scores only.")
-    builder = PageBuilder(uids, columns, shard_index, scores.pool, images, seed, group)
+    builder = PageBuilder(uids, columns, shard_index, scores.pool, images, seed, group, labels)
     views = []
     for path, array in zip(uid_paths, arrays, strict=True):
         kept = isin(uids, np.asarray(array)) & eligible
@@ -290,12 +356,12 @@ def build_page(uid_paths: Sequence[str], scores, out: str, shards: str | None = 
         view.primary = (separating or declared or list(columns))[0]
         views.append(view)
     body = [_overview(views, int(eligible.sum()), scores)]
+    if labels is not None:  # what was kept of each component first: it is what the page is read for
+        body.append(_truth_section(views, labels, eligible))
     for letter, view in zip("AB", views, strict=False):
         body.append(_file_section(builder, letter, view, eligible))
     if len(views) == 2:
         body.append(_difference_section(builder, views, eligible))
-    if labels is not None:
-        body.append(_truth_section(views, labels, eligible))
     title = "What " + " and ".join(_short(v.path) for v in views) + " keep"
     page, shown_images, shown = builder.render("".join(body), title, notes)
     encoded = page.encode("utf-8")
@@ -329,6 +395,9 @@ def _file_section(builder: PageBuilder, letter: str, view: FileView, eligible: n
     values = builder.columns[view.primary]
     hists = "".join(_histogram_svg(v, view.kept, eligible, n, view.cutoffs.get(n))
                     for n, v in builder.columns.items())
+    window = zoom_window(values, view.kept, eligible, view.cutoffs.get(view.primary))
+    if window is not None:  # the kept range squeezed into a few bins above: a second chart around the cut-off
+        hists += _histogram_svg(values, view.kept, eligible, view.primary, view.cutoffs.get(view.primary), window)
     stages = ""
     if view.sidecar and view.sidecar.get("stages"):
         items = "".join(f"<li>{html.escape(s['stage'])} by {html.escape(str(s.get('score')))} "
@@ -400,6 +469,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25em .6em}td
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6em}
 .card{margin:0;border:1px solid #ddd;border-radius:4px;padding:.3em;font-size:12px;overflow:hidden}
 .card img{display:block;max-width:100%;height:auto;margin:0 auto}
+.card img.pixelated{image-rendering:pixelated;width:128px}.component{display:block;color:#7a4b00}
+.hist .axis{stroke:#888;stroke-width:1}.hist .ytick{font-size:10px}
 .noimg{height:90px;display:flex;align-items:center;justify-content:center;background:#f0f0f0;color:#888}
 .caption{display:block;font-weight:600}.scores{display:block;color:#555}
 .card code{display:block;font-size:9px;color:#999;word-break:break-all}

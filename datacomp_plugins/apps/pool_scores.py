@@ -17,6 +17,7 @@ from datacomp_plugins.config import FilterConfig
 from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import ARCH_DIMS, Pool, Shard
+from datacomp_plugins.core.progress import disable as progress_disable
 from datacomp_plugins.core.uids import UID_DTYPE
 from datacomp_plugins.scores.base import Score
 
@@ -151,7 +152,7 @@ def write_parquet(scores: PoolScores, out: str, progress: bool = True) -> int:
     rows = 0
     with atomic_open(out, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
         for _, uids, values in tqdm(scores.shards(), total=len(scores.pool.shards), desc="writing scores",
-                                    unit="shard", disable=not progress):
+                                    unit="shard", disable=progress_disable(progress)):
             hexes = pa.array(to_hex(np.asarray(uids))).cast(pa.string())
             table = pa.table([hexes] + [pa.array(np.asarray(values[n]), type=pa.float32()) for n in scores.names],
                              schema=schema)

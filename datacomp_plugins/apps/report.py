@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -153,6 +154,7 @@ class Row:
     tasks_present: int = 0
     missing: tuple[str, ...] = ()
     duplicates: tuple[str, ...] = ()
+    other: tuple[tuple[str, float], ...] = ()  # (task key, percent) of tasks outside DataComp's 40
 
     @property
     def partial(self) -> bool:
@@ -178,19 +180,50 @@ def paper_rows() -> list[Row]:
     ]
 
 
+_SEED = re.compile(r"^seed(\d+)$")
+
+
+def _label(folder: Path) -> str:
+    """A run folder's row label: its name, or "<baseline> seed <k>" for ``minicomp run``'s ``<baseline>/seed<k>``."""
+    folder = folder.resolve()
+    match = _SEED.match(folder.name)
+    return f"{folder.parent.name} seed {match.group(1)}" if match else folder.name
+
+
+def expand_runs(runs: Sequence[str]) -> list[str]:
+    """RUN_DIR arguments as result folders: a folder without ``eval_results.jsonl`` whose sub-folders hold
+    results (``minicomp run``'s runs folder ``<baseline>/seed<k>/``, or one baseline's ``seed<k>/``) stands for
+    each of them, in name order (seeds by number)."""
+    out: list[str] = []
+    for run in runs:
+        path = Path(run)
+        if not path.is_dir() or (path / RESULTS_FILE).is_file():
+            out.append(run)
+            continue
+        found = sorted(path.glob(f"*/{RESULTS_FILE}")) + sorted(path.glob(f"*/*/{RESULTS_FILE}"))
+
+        def order(result: Path) -> tuple:
+            match = _SEED.match(result.parent.name)
+            return (str(result.parent.parent), int(match.group(1)) if match else -1, result.parent.name)
+
+        out.extend(str(result.parent) for result in sorted(found, key=order)) if found else out.append(run)
+    return out
+
+
 def resolve_results(run: str) -> tuple[Path, str]:
-    """Map a RUN_DIR (or the jsonl itself) to the results file and the row label (the run dir name)."""
+    """Map a RUN_DIR (or the jsonl itself) to the results file and the row label (the run dir name, or
+    "<baseline> seed <k>" for a ``minicomp run`` student's folder)."""
     path = Path(run)
     if path.is_dir():
         results = path / RESULTS_FILE
         if not results.is_file():
             raise PluginError(
-                f"{run}: no {RESULTS_FILE} in this folder; "
-                "expected the --output_dir of DataComp's evaluate.py"
+                f"{run}: no {RESULTS_FILE} in this folder or its sub-folders; "
+                "expected the --output_dir of DataComp's evaluate.py, or a runs folder of minicomp run"
             )
-        return results, path.resolve().name
+        return results, _label(path)
     if path.is_file():
-        return path, path.resolve().parent.name
+        return path, _label(path.parent)
     raise PluginError(f"{run}: no such folder or file; expected a run folder holding {RESULTS_FILE}")
 
 
@@ -237,7 +270,7 @@ def read_results(path: Path) -> tuple[dict[str, dict], list[str]]:
 
 def _main_metric(path: Path, key: str, record: Mapping) -> float:
     """The task's main metric as a fraction, refusing what DataComp would not have written."""
-    where = f"{path}:{record['_line']}: task {key} ({SCORED_TASKS[key]})"
+    where = f"{path}:{record['_line']}: task {key} ({SCORED_TASKS.get(key, record.get('dataset', key))})"
     metrics = record["metrics"]
     if "main_metric" not in metrics or metrics["main_metric"] is None:
         raise PluginError(
@@ -282,13 +315,17 @@ def score_run(run: str, allow_partial: bool = False) -> Row:
     for column, keys in GROUPS.items():
         present = [scores[key] for key in keys if key in scores]
         values[column] = 100.0 * sum(present) / len(present) if present else None
+    # a run with none of DataComp's tasks (the mini DataComp's own evaluation sets) shows its tasks in columns
+    # of their own instead of an empty row; beside DataComp's tasks, unknown lines are ignored as DataComp does
+    other = () if scores else tuple((key, 100.0 * _main_metric(path, key, records[key])) for key in sorted(records)
+                                    if key not in UNSCORED_TASKS)
     return Row(label=label, kind="run", values=values, source=str(path), tasks_present=len(scores),
-               missing=missing, duplicates=tuple(k for k in repeated if k in SCORED_TASKS))
+               missing=missing, duplicates=tuple(k for k in repeated if k in SCORED_TASKS), other=other)
 
 
 def build_rows(runs: Sequence[str], allow_partial: bool = False, with_paper: bool = True) -> list[Row]:
     """All rows of the report: the runs in the given order, then the paper's reference rows."""
-    rows = [score_run(run, allow_partial) for run in runs]
+    rows = [score_run(run, allow_partial) for run in expand_runs(runs)]
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         seen[row.label] = seen.get(row.label, 0) + 1
@@ -297,19 +334,27 @@ def build_rows(runs: Sequence[str], allow_partial: bool = False, with_paper: boo
     return rows + (paper_rows() if with_paper else [])
 
 
+def other_columns(rows: Sequence[Row]) -> list[str]:
+    """Task keys outside DataComp's 40 that some run reports (each its own column, main metric in percent)."""
+    return sorted({key for row in rows for key, _ in row.other})
+
+
 def _cell(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
 def render_markdown(rows: Sequence[Row]) -> str:
     """Markdown table (percent, one decimal) followed by notes on partial runs, repeats and sources."""
-    header = ["Run", *COLUMNS]
+    extra = other_columns(rows)
+    header = ["Run", *COLUMNS, *extra]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * len(COLUMNS)) + "|",
+        "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) + len(extra))) + "|",
     ]
     for row in rows:
+        others = dict(row.other)
         cells = [row.display_label.replace("|", "\\|")] + [_cell(row.values[c], 1) for c in COLUMNS]
+        cells += [_cell(others.get(key), 1) for key in extra]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "Scores in percent: main metric of each task, grouped and averaged as in DataComp's "
@@ -340,14 +385,17 @@ def render_csv(rows: Sequence[Row]) -> str:
     """CSV with one line per row; values in percent (two decimals), empty where not reported."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", "kind", "partial", "tasks_present", *COLUMNS, "source"])
+    extra = other_columns(rows)
+    writer.writerow(["label", "kind", "partial", "tasks_present", *COLUMNS, *extra, "source"])
     for row in rows:
+        others = dict(row.other)
         writer.writerow([
             row.label,
             row.kind,
             ("yes" if row.partial else "no") if row.kind == "run" else "",
             row.tasks_present if row.kind == "run" else "",
             *(_cell(row.values[c], 2) for c in COLUMNS),
+            *(_cell(others.get(key), 2) for key in extra),
             row.source,
         ])
     return buffer.getvalue()

@@ -16,6 +16,7 @@ holds fresh image embeddings of them, for the NormSim baselines. Labels go to ``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -114,11 +115,28 @@ def write_toy_pool(out: str, shards: int = 6, rows: int = 4000, seed: int = 0, o
     """
     _check_arguments(out, shards, rows, seed, overwrite)
     metadata = os.path.join(out, "metadata")
+    folders = [f for f in (out, metadata, os.path.join(out, "targets")) if not os.path.isdir(f)]
     try:
-        os.makedirs(metadata, exist_ok=True)
-        os.makedirs(os.path.join(out, "targets"), exist_ok=True)
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
     except OSError as exc:
+        _remove_empty(folders)
         raise PluginError(f"{out}: cannot create the pool's folders ({exc.strerror or exc})") from None
+    try:
+        return _write(out, metadata, shards, rows, seed)
+    except BaseException:
+        _remove_empty(folders)  # a failed first write leaves no empty metadata/ and targets/ behind
+        raise
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove the folders this run created, deepest first, where they are still empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+def _write(out: str, metadata: str, shards: int, rows: int, seed: int) -> str:
     rewritten = {f"{index:08d}.{ext}" for index in range(shards) for ext in ("parquet", "npz")}
     for name in os.listdir(metadata):
         if name.endswith((".parquet", ".npz")) and name not in rewritten:
@@ -160,7 +178,7 @@ def write_toy_pool(out: str, shards: int = 6, rows: int = 4000, seed: int = 0, o
             pq.write_table(table, handle)
         with atomic_open(f"{stem}.npz") as handle:
             np.savez(handle, **arrays)
-        labels.append(pa.table({"uid": hexes, "kind": np.array(KINDS)[kinds], "concept": concepts,
+        labels.append(pa.table({"uid": hexes, "component": np.array(KINDS)[kinds], "concept": concepts,
                                 "target_relevant": concepts < TARGET_CONCEPTS}))
         total += n
     with atomic_open(os.path.join(out, "labels.parquet")) as handle:

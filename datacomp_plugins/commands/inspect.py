@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metadata_dir", required=True, metavar="POOL", help="DataComp metadata folder")
     parser.add_argument("--shards", default=None, metavar="SHARDS",
                         help="folder of the pool's webdataset tars (img2dataset's or the resharder's layout)")
-    parser.add_argument("--truth", default=None, metavar="DIR",
-                        help="folder of <stem>.parquet with columns uid (hex) and component (string)")
+    parser.add_argument("--truth", default=None, metavar="PATH",
+                        help="truth labels: a .parquet file (the toy pool's labels.parquet) or a folder of them, "
+                             "with columns uid (hex) and component (string)")
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--per_group", type=int, default=12, help="samples per grid")
     parser.add_argument("--page_seed", type=int, default=0, help="seed of the random samples on the page")
@@ -33,15 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from datacomp_plugins.apps.inspect_page import build_page
     from datacomp_plugins.apps.pool_scores import PoolScores
-    from datacomp_plugins.commands.scores import settings_from_args
+    from datacomp_plugins.commands.scores import refuse_overwriting_inputs, settings_from_args
+    from datacomp_plugins.core import ranges
     from datacomp_plugins.core.errors import PluginError
     from datacomp_plugins.core.fileio import check_writable
 
     if not 1 <= len(args.files) <= 2:
         raise PluginError(f"inspect: expected one or two uid files, got {len(args.files)}")
-    if args.per_group < 1:
-        raise PluginError(f"--per_group {args.per_group}: must be at least 1")
+    ranges.PER_GROUP.check(args.per_group, "--per_group")
+    ranges.SEED.check(args.page_seed, "--page_seed")
     settings = settings_from_args(args, args.metadata_dir)
+    refuse_overwriting_inputs(args.out, "--out", settings, [*(("uid file", f) for f in args.files),
+                                                            ("--shards", args.shards), ("--truth", args.truth)])
     check_writable(args.out, "--out")
     summary = build_page(args.files, PoolScores(settings), args.out, shards=args.shards, truth=args.truth,
                          seed=args.page_seed, group=args.per_group, progress=settings.progress)

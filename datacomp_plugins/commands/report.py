@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "runs", nargs="+", metavar="RUN_DIR",
-        help="evaluation output folder holding eval_results.jsonl, or the path of that file",
+        help="evaluation output folder holding eval_results.jsonl, the path of that file, or a folder of "
+             "such folders (minicomp run's runs/ folder: one row per <baseline>/seed<k>)",
     )
     parser.add_argument(
         "--out", metavar="DIR", default=None,
@@ -32,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="accept runs missing some of the 38 tasks: average over the tasks present, mark the row partial",
     )
     parser.add_argument(
-        "--no-paper", dest="paper", action="store_false",
-        help="leave out the paper's reference rows",
+        "--no-paper", dest="paper", action="store_false", default=argparse.SUPPRESS,
+        help="leave out the paper's reference rows (they are shown unless this is given)",
     )
     parser.set_defaults(handler=run)
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate every run before writing anything, so bad input leaves no output files."""
     from datacomp_plugins.apps import report
 
-    rows = report.build_rows(args.runs, allow_partial=args.partial, with_paper=args.paper)
+    rows = report.build_rows(args.runs, allow_partial=args.partial, with_paper=getattr(args, "paper", True))
     print(report.render_markdown(rows), end="")
     if args.out is not None:
         for path in report.write_report(rows, args.out):

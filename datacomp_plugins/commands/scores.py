@@ -54,6 +54,17 @@ def settings_from_args(args: argparse.Namespace, metadata_dir: str):
         batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress, params=params)
 
 
+def refuse_overwriting_inputs(out: str, flag: str, settings, inputs: list[tuple[str, str | None]] = ()) -> None:
+    """The shared input-is-output check for the commands built on the score cache: the pool's shards, the
+    target, the score cache and the command's own ``inputs`` are never an output."""
+    from datacomp_plugins.core.cache import default_cache_dir
+    from datacomp_plugins.core.fileio import refuse_input_as_output
+
+    refuse_input_as_output(out, flag, [*inputs, ("--target", settings.params.get("target"))],
+                           [("--metadata_dir", settings.metadata_dir)],
+                           [("--cache_dir", settings.cache_dir or default_cache_dir())])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "scores", formatter_class=DefaultsHelpFormatter,
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     settings = settings_from_args(args, args.metadata_dir)
+    refuse_overwriting_inputs(args.out, "--out", settings)
     check_writable(args.out, "--out")
     scores = PoolScores(settings)
     rows = write_parquet(scores, args.out, settings.progress)

@@ -128,13 +128,14 @@ def run_info(args: argparse.Namespace) -> int:
 def run_set_operation(args: argparse.Namespace) -> int:
     """Load every input (fixing order with a warning) before computing, then write atomically."""
     from datacomp_plugins import provenance
-    from datacomp_plugins.core.fileio import check_writable
+    from datacomp_plugins.core.fileio import check_writable, refuse_input_as_output
     from datacomp_plugins.core.uids import read_uid_file
     from datacomp_plugins.select import uidtools
 
     started = time.perf_counter()
-    check_writable(args.output, "-o")
     paths = [args.first, *args.others]
+    refuse_input_as_output(args.output, "-o", [("uid file", path) for path in paths])
+    check_writable(args.output, "-o")
     stored = [read_uid_file(path) for path in paths]  # every refusal before any sorting
     inputs = [uidtools.ensure_sorted(path, uids, _warn) for path, uids in zip(paths, stored, strict=True)]
     if args.operation == "intersect":
@@ -154,11 +155,12 @@ def run_set_operation(args: argparse.Namespace) -> int:
 def run_from_hex(args: argparse.Namespace) -> int:
     """Parse everything before writing, so a malformed uid leaves no output."""
     from datacomp_plugins import provenance
-    from datacomp_plugins.core.fileio import check_writable
+    from datacomp_plugins.core.fileio import check_writable, refuse_input_as_output
     from datacomp_plugins.core.uids import sorted_unique
     from datacomp_plugins.select import hexfiles
 
     started = time.perf_counter()
+    refuse_input_as_output(args.output, "-o", [("INPUT", args.input)])
     check_writable(args.output, "-o")
     parsed = hexfiles.read_hex_file(args.input, column=args.column)
     result = sorted_unique(parsed)
@@ -171,10 +173,11 @@ def run_from_hex(args: argparse.Namespace) -> int:
 
 def run_to_hex(args: argparse.Namespace) -> int:
     """Sorted unique hex text, whatever the input's order."""
-    from datacomp_plugins.core.fileio import check_writable
+    from datacomp_plugins.core.fileio import check_writable, refuse_input_as_output
     from datacomp_plugins.select import hexfiles, uidtools
 
     started = time.perf_counter()
+    refuse_input_as_output(args.output, "-o", [("uid file", args.file)])
     check_writable(args.output, "-o")
     uids = uidtools.load_sorted(args.file, _warn)
     hexfiles.write_hex(args.output, uids)

@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 import fsspec
@@ -60,6 +60,39 @@ def check_writable(path: str, flag: str = "--save_path") -> None:
     os.unlink(probe)
     sweep_temporaries(target)
     sweep_stale(parent, (".write-probe-",))
+
+
+def refuse_input_as_output(out: str, flag: str, inputs: Iterable[tuple[str, str | None]] = (),
+                           pools: Iterable[tuple[str, str | None]] = (),
+                           folders: Iterable[tuple[str, str | None]] = ()) -> None:
+    """Refuse an output path that is one of the command's inputs, before anything is read or written.
+
+    Every output is renamed over its path when complete, so an output equal to an input (or a symlink to one,
+    or a file inside an input folder such as the score cache) would silently destroy that input. ``inputs``
+    are (flag, file or folder) pairs; ``pools`` are (flag, metadata folder) pairs whose ``.parquet``/``.npz``
+    files are shards; ``folders`` are (flag, folder) pairs that own everything under them, existing yet or
+    not (the score cache). Every command that writes calls this one check.
+    """
+    if not out or not is_local(out):
+        return
+    real_out = os.path.realpath(os.path.expanduser(local_path(out)))
+    owned = [(name, path, True) for name, path in folders]
+    for name, path, folder in [(name, path, False) for name, path in inputs] + owned:
+        if not path or not is_local(path):
+            continue
+        real = os.path.realpath(os.path.expanduser(local_path(path)))
+        inside = real_out.startswith(real.rstrip(os.sep) + os.sep)
+        if real_out == real or (inside and (folder or os.path.isdir(real))):
+            where = "is" if real_out == real else "lies inside"
+            raise PluginError(f"{flag} {out}: {where} the {name} input {path}; choose another output path "
+                              "(writing there would replace the input)")
+    for name, pool in pools:
+        if not pool or not is_local(pool):
+            continue
+        real = os.path.realpath(local_path(pool))
+        if os.path.dirname(real_out) == real and real_out.endswith((".parquet", ".npz")):
+            raise PluginError(f"{flag} {out}: is a shard file of {name} {pool}; choose another output path "
+                              "(writing there would replace the pool's metadata)")
 
 
 def check_folder_writable(path: str, flag: str) -> None:
@@ -115,7 +148,8 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         except OSError as exc:
             raise write_error(path, exc) from None
         try:
-            with os.fdopen(fd, mode) as handle:
+            handle = os.fdopen(fd, mode)
+            try:
                 try:
                     yield handle
                 except OSError as exc:  # numpy's short write (a full disk) carries no errno
@@ -127,6 +161,16 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
                     os.fsync(handle.fileno())
                 except OSError as exc:
                     raise write_error(path, exc) from None
+            except BaseException:
+                # closing flushes the buffer again, which fails again on a full disk: that second error must
+                # not replace the first (it carries no file name)
+                with contextlib.suppress(OSError):
+                    handle.close()
+                raise
+            try:
+                handle.close()
+            except OSError as exc:
+                raise write_error(path, exc) from None
             try:
                 os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
                 os.replace(tmp, target)

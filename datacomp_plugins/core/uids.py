@@ -243,6 +243,30 @@ def load_uid_file(path: str, fix: bool = True) -> np.ndarray:
     return array
 
 
+UID_FILE_WORDS = ("a .npy file (np.save) of a sorted, unique 1-D array of dtype u8,u8 (DataComp's resharder "
+                  "input); make one from hex uids with `datacomp-plugins uids from-hex`")
+
+
+def _what_file(path: str) -> str | None:
+    """What a file that is not a .npy is, from its first bytes (for the message), or None when unknown."""
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            head = handle.read(64)
+    except (OSError, ValueError):
+        return None
+    if head.startswith(b"PAR1"):
+        return "a parquet file (with hex uids in it, convert it with `uids from-hex FILE --column uid`)"
+    if head.startswith(b"PK"):
+        return "a zip archive (an .npz?)"
+    if head.startswith(b"\x80"):
+        return "a Python pickle (never loaded here)"
+    if head and all(32 <= b < 127 or b in b"\r\n\t" for b in head):
+        return "a text file (hex uids in it? convert it with `uids from-hex FILE`)"
+    return None
+
+
 def read_uid_file(path: str) -> np.ndarray:
     """The array as stored (memory-mapped when local), dtype checked, order not: ``info`` reports on it."""
     try:
@@ -256,7 +280,11 @@ def read_uid_file(path: str) -> np.ndarray:
     except FileNotFoundError:
         raise PluginError(f"{path}: uid file not found") from None
     except (ValueError, OSError, EOFError) as exc:
-        raise PluginError(f"{path}: not a readable .npy uid file ({exc})") from None
+        what = _what_file(path)
+        if what:
+            raise PluginError(f"{path}: not a readable .npy uid file: it is {what}; a uid file is "
+                              f"{UID_FILE_WORDS}") from None
+        raise PluginError(f"{path}: not a readable .npy uid file ({exc}); a uid file is {UID_FILE_WORDS}") from None
     if not isinstance(array, np.ndarray):
         array.close()
         raise PluginError(f"{path}: an .npz archive; expected a .npy uid file of dtype {UID_DTYPE}")

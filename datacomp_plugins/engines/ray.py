@@ -20,19 +20,23 @@ already opened (``ray.init`` in a notebook) is reused and left running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Shard
+from datacomp_plugins.core.procs import sweep_stale
 from datacomp_plugins.engines.base import EngineOptions, Job
 from datacomp_plugins.scores.shard import ShardResult, score_shard
 
 INSTALL_HINT = "--engine ray: needs the 'ray' extra: pip install 'datacomp-plugins[ray]'"
 CONNECT_TIMEOUT_S = 5.0
+SHARD_RETRIES = 2  # a shard whose worker is lost is scored again this many times before the run fails
 
 
 class _Scorer:
@@ -157,12 +161,26 @@ def _unwrap(ray: Any, exc: BaseException, shard: Shard) -> BaseException:
     return exc
 
 
+def _worker_lost(ray: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` says the worker (its process or its node) is gone, not that the scoring failed."""
+    if getattr(exc, "cause", None) is not None or getattr(exc, "actor_init_failed", False):
+        return False
+    kinds = tuple(getattr(ray.exceptions, name) for name in ("RayActorError", "WorkerCrashedError",
+                                                             "NodeDiedError", "ActorUnavailableError")
+                  if hasattr(ray.exceptions, name))
+    return isinstance(exc, kinds)
+
+
 def run_ray(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int,
             address: str | None) -> Iterator[ShardResult]:
     """Score ``shards`` on Ray, yielding each result as it completes (order may vary; results do not).
 
     CPU: ``num_workers`` actors (0 or 1 means one), the cluster's cores split between them. GPU: one actor
     per GPU, ``num_gpus`` of them. One shard per actor is in flight at a time, which bounds memory.
+
+    A worker lost with its node (or killed) hands its shard to the other workers, up to ``SHARD_RETRIES``
+    times per shard, so a cluster that loses a node still finishes with the same uid file. A run that fails
+    anyway resumes from the score cache: shards already scored are not scored again.
     """
     if not shards:
         return
@@ -177,24 +195,50 @@ def run_ray(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int,
         actors = [remote.remote(job_ref, threads, gpu) for _ in range(count)]
         queue = list(reversed(shards))
         running: dict[Any, tuple[Any, Shard]] = {}
-        for actor in actors:
+        idle: list[Any] = []
+        lost: dict[str, int] = {}
+        lost_shards: dict[str, Shard] = {}
+
+        def dispatch(actor: Any) -> None:
             if queue:
                 shard = queue.pop()
                 running[actor.score.remote(shard)] = (actor, shard)
+            else:
+                idle.append(actor)
+
+        for actor in actors:
+            dispatch(actor)
         while running:
             (done,), _ = ray.wait(list(running), num_returns=1)
             actor, shard = running.pop(done)
             try:
                 result = ray.get(done)
             except ray.exceptions.RayError as exc:
+                if _worker_lost(ray, exc) and lost.get(shard.stem, 0) < SHARD_RETRIES:
+                    # its node (or process) went away: the shard goes to another worker; the cache makes a
+                    # second scoring of the same shard write the same bytes
+                    lost[shard.stem] = lost.get(shard.stem, 0) + 1
+                    lost_shards[shard.stem] = shard
+                    print(f"note: --engine ray: the worker scoring shard {shard.stem} was lost "
+                          f"({_first_line(exc)[:160]}); scoring it again on another worker", file=sys.stderr)
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                    actors.remove(actor)
+                    queue.append(shard)
+                    if not actors:  # every worker gone: one new one, placed wherever the cluster has room
+                        actors.append(remote.remote(job_ref, threads, gpu))
+                        idle.append(actors[-1])
+                    while idle and queue:
+                        dispatch(idle.pop())
+                    continue
                 unwrapped = _unwrap(ray, exc, shard)
                 if unwrapped is exc:
                     raise
                 raise unwrapped from None
-            if queue:
-                following = queue.pop()
-                running[actor.score.remote(following)] = (actor, following)
+            dispatch(actor)
             yield result
+        for shard in lost_shards.values():  # temporaries a lost worker left in the cache, once it is gone
+            sweep_stale(job.cache.folder(shard), (".",), suffix=".tmp")
     finally:
         for actor in actors:  # stops work still in flight after an error or an early stop
             ray.kill(actor)

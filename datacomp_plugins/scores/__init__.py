@@ -58,7 +58,17 @@ def registry() -> dict[str, ScoreSpec]:
             print(f"warning: score {point.name!r} ({point.value}) not offered: {exc}", file=sys.stderr)
             continue
         specs[point.name] = spec
+        _ORIGINS[point.name] = f"entry point {point.name} = {point.value} ({ENTRY_POINT_GROUP})"
     return specs
+
+
+_ORIGINS: dict[str, str] = {}
+
+
+def origin(name: str) -> str:
+    """Where score ``name`` comes from, for messages: its entry point, or the built-in module."""
+    registry()
+    return _ORIGINS.get(name) or f"built-in {BUILTIN.get(name, name)}"
 
 
 def get(name: str) -> ScoreSpec:

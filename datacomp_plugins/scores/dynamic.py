@@ -25,6 +25,7 @@ from tqdm import tqdm
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Pool, Shard
 from datacomp_plugins.core.procs import owned_name, sweep_stale
+from datacomp_plugins.core.progress import disable as progress_disable
 from datacomp_plugins.select.masks import top_k_mask
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def iterate(embeddings: np.ndarray, uids: np.ndarray, target: int, iterations: i
     dropped = torch.zeros((0, dim), device=device)
     pending: list[np.ndarray] = []  # dropped since Σ was last brought up to date
     for number, drop in enumerate(tqdm(drop_schedule(n, target, iterations), desc="normsim_d", unit="iter",
-                                       disable=not progress)):
+                                       disable=progress_disable(progress))):
         if number == 0 or len(dropped) >= dim:
             if pending:  # Σ of the current set, from all drops since the last full pass in one product
                 gone = rows.gather(np.concatenate(pending)).double()
@@ -154,7 +155,7 @@ def spill_image_embeddings(pool: Pool, shards: Sequence[Shard], rows_per_shard: 
         finite = np.zeros(total, dtype=bool)
         seen = written = 0
         for shard, rows in tqdm(list(zip(shards, rows_per_shard, strict=True)), desc="normsim_d: reading S0",
-                                unit="shard", disable=not progress):
+                                unit="shard", disable=progress_disable(progress)):
             if len(rows) == 0:
                 continue
             image = pool.read_embeddings(shard, [key], pool.num_rows(shard))[key][rows]

@@ -38,6 +38,9 @@ def check(config) -> None:
     external = (config.external_scores, config.external_column, config.external_fraction)
     if any(v is not None for v in external) and any(v is None for v in external):
         raise PluginError("--external_scores, --external_column and --external_fraction go together")
+    if config.missing_score != "drop" and config.external_scores is None:
+        raise PluginError(f"--missing_score {config.missing_score}: only with --external_scores (it says what to "
+                          "do with pool samples that file has no score for)")
 
 
 def active(config) -> bool:
@@ -97,12 +100,29 @@ def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
         raise PluginError(f"--external_scores {path}: column {column!r} is {scores[rows[0]]} at row {int(rows[0])} "
                           f"({len(rows)} non-finite rows); expected a finite number for every uid listed "
                           "(leave a sample out of the file to give it no score)")
+    _refuse_conflicting_duplicates(path, column, theirs, scores)
+    if len(scores) == 0:  # a file with no rows scores no sample
+        return np.full(len(uids), np.nan)
     row = index_in(uids, theirs)
-    return np.where(row >= 0, scores[row], np.nan)
+    return np.where(row >= 0, scores[np.maximum(row, 0)], np.nan)
 
 
-def _is_numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+def _refuse_conflicting_duplicates(path: str, column: str, theirs: np.ndarray, scores: np.ndarray) -> None:
+    """A uid listed twice with two different scores has no single score: refuse it, naming the first such uid
+    (a uid repeated with the same score is harmless and read once)."""
+    if len(theirs) < 2:
+        return
+    order = np.lexsort((theirs["f1"], theirs["f0"]))
+    ordered = theirs[order]
+    same = (ordered["f0"][1:] == ordered["f0"][:-1]) & (ordered["f1"][1:] == ordered["f1"][:-1])
+    differ = same & (scores[order][1:] != scores[order][:-1])
+    if differ.any():
+        at = int(np.flatnonzero(differ)[0])
+        rows = sorted((int(order[at]), int(order[at + 1])))
+        uid = to_hex(ordered[at : at + 1])[0].decode()
+        raise PluginError(f"--external_scores {path}: uid {uid} is listed more than once with different "
+                          f"{column!r} scores (rows {rows[0]} and {rows[1]}: {scores[rows[0]]:g} and "
+                          f"{scores[rows[1]]:g}; {int(differ.sum())} such pairs); expected one score per uid")
 
 
 def _is_numeric(kind: pa.DataType) -> bool:

@@ -71,11 +71,37 @@ def compute_shard(cache: ScoreCache, inputs: ShardInputs | ShardResult) -> Shard
     if isinstance(inputs, ShardResult):
         return inputs
     for score in inputs.missing:
-        values = score.compute(inputs.shard, inputs.columns, inputs.embeddings)
-        if values.shape != (inputs.rows,):
-            raise AssertionError(f"{score.name} returned shape {values.shape} for {inputs.rows} rows")
+        values = _checked_compute(score, inputs)
         cache.save(cache.score_path(inputs.shard, score), values.astype(np.float32))
     return ShardResult(inputs.shard.stem, inputs.rows, tuple(s.name for s in inputs.missing))
+
+
+def _checked_compute(score: Score, inputs: ShardInputs) -> np.ndarray:
+    """``score.compute`` on one shard, its failure or a wrong result turned into one line naming the score and
+    where it comes from (a plugin's entry point), so the user knows whose code to look at; nothing is cached."""
+    from datacomp_plugins import scores
+
+    def fail(what: str) -> PluginError:
+        return PluginError(f"score {score.name} ({scores.origin(score.name)}): {what} on shard {inputs.shard.stem} "
+                           f"({inputs.rows} rows); nothing was written")
+
+    try:
+        values = score.compute(inputs.shard, inputs.columns, inputs.embeddings)
+    except (PluginError, MemoryError):
+        raise
+    except Exception as exc:  # a score's own bug: one line, not its traceback
+        if score.name not in scores.BUILTIN:
+            raise fail(f"compute raised {type(exc).__name__}: {exc}") from None
+        raise
+    try:
+        values = np.asarray(values)
+    except Exception as exc:
+        raise fail(f"compute returned {type(values).__name__}, not an array ({exc})") from None
+    if values.shape != (inputs.rows,):
+        raise fail(f"compute returned shape {values.shape}, expected ({inputs.rows},): one value per row")
+    if values.dtype.kind not in "fiub":
+        raise fail(f"compute returned dtype {values.dtype}, expected numbers")
+    return values
 
 
 def cached_rows(cache: ScoreCache, shard: Shard, scores: Sequence[Score]) -> int | None:

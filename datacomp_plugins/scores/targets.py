@@ -44,7 +44,7 @@ def _download(url: str, path: str) -> None:
     try:
         with urllib.request.urlopen(url) as response, atomic_open(path) as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path), disable=None) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))
@@ -107,6 +107,28 @@ def _load_file(path: str, key: str | None, arch: str) -> np.ndarray:
         raise PluginError(f"{path}: unreadable target file ({exc})") from None
 
 
+def _matching_dimension(folder: str, parts: list[tuple[str, np.ndarray]], arch: str,
+                        dim: int) -> list[tuple[str, np.ndarray]]:
+    """The files of a target folder whose embeddings have ``--arch``'s dimension.
+
+    A folder may hold one target per architecture (the demo's ``targets/`` has ``target_b32.npy`` and
+    ``target_l14.npy``): the files of the other dimension are left out, named on stderr. A folder with no
+    file of the right dimension keeps them all, so the per-file check names the mismatch.
+    """
+    def width(array: np.ndarray) -> int | None:
+        array = np.asarray(array)
+        return int(array.shape[1]) if array.ndim == 2 else None
+
+    matching = [(f, a) for f, a in parts if width(a) == dim]
+    other = [(f, a) for f, a in parts if width(a) != dim and width(a) is not None]
+    if not matching or not other:
+        return parts
+    skipped = ", ".join(f"{os.path.basename(f)} ({width(a)}-d)" for f, a in other)
+    print(f"note: --target {folder}: using the {len(matching)} file(s) of --arch {arch}'s dimension {dim}; "
+          f"left out {skipped}", file=sys.stderr)
+    return matching + [(f, a) for f, a in parts if width(a) is None]
+
+
 def load_target(spec: str, arch: str, dim: int, key: str | None = None) -> np.ndarray:
     """The target matrix for ``--target spec``: float32 (m, dim), finite, unit rows."""
     if spec == "in1k":
@@ -118,7 +140,7 @@ def load_target(spec: str, arch: str, dim: int, key: str | None = None) -> np.nd
         files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.endswith(TARGET_SUFFIXES))
         if not files:
             raise PluginError(f"--target {spec}: folder has no {'/'.join(TARGET_SUFFIXES)} files")
-        parts = [(f, _load_file(f, key, arch)) for f in files]
+        parts = _matching_dimension(spec, [(f, _load_file(f, key, arch)) for f in files], arch, dim)
     elif spec.endswith(TARGET_SUFFIXES):
         parts = [(spec, _load_file(spec, key, arch))]
     else:

@@ -159,11 +159,19 @@ def _parquet_chunks(path: str, column: str) -> Iterator[tuple[pa.Array, Callable
             raise PluginError(f"{path}: no column {column!r}; it has {names} (choose one with --column)")
         kind = parquet.schema_arrow.field(column).type
         is_string_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_string_view(kind)):
+
+        def is_text(t: pa.DataType) -> bool:
+            return pa.types.is_string(t) or pa.types.is_large_string(t) or is_string_view(t)
+
+        # a dictionary-encoded string column is hex strings too (filter reads it so in pool metadata)
+        if not (is_text(kind) or (pa.types.is_dictionary(kind) and is_text(kind.value_type))):
             raise PluginError(f"{path}: column {column!r} has type {kind}; expected hex strings")
         first_row = 0
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=[column]):
-            values = batch.column(0).cast(pa.large_string())
+            values = batch.column(0)
+            if pa.types.is_dictionary(values.type):
+                values = values.dictionary_decode()
+            values = values.cast(pa.large_string())
             if len(values):
                 yield values, partial(_row, f"{path} column {column!r}", first_row)
             first_row += len(values)

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open, sha256_file
+from datacomp_plugins.core.progress import disable as progress_disable
 
 DEFAULT_BASELINES = (
     "no_filter",
@@ -348,6 +350,25 @@ def prepare(settings: RunSettings, datacomp: Path, baseline: str,
     return folder / "shards", sha256_file(str(uids_path)), line
 
 
+@contextlib.contextmanager
+def quiet_children() -> Iterator[None]:
+    """Children started meanwhile (open_clip_train, the resharder) write their logs to files: their tqdm bars
+    would fill those logs with carriage returns and escape codes, so they get ``TQDM_DISABLE=1``, tqdm's own
+    switch, read by each child's tqdm at import. This process's bars are unaffected."""
+    before = os.environ.get(QUIET_ENV)
+    os.environ[QUIET_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(QUIET_ENV, None)
+        else:
+            os.environ[QUIET_ENV] = before
+
+
+QUIET_ENV = "TQDM_DISABLE"
+
+
 def run_all(settings: RunSettings) -> list[str]:
     """Every (baseline, seed) pair, ``settings.jobs`` students at a time, then the report; returns the summary."""
     from tqdm import tqdm
@@ -361,10 +382,11 @@ def run_all(settings: RunSettings) -> list[str]:
     student.write_model_config(settings.runs_dir / "model_configs")  # once, before students start at once
     lines = []
     pairs = [(b, s) for b in names for s in settings.seeds]
-    bar = tqdm(total=len(pairs), desc="minicomp run", unit="student", disable=not settings.progress)
+    bar = tqdm(total=len(pairs), desc="minicomp run", unit="student",
+               disable=progress_disable(settings.progress))
     in_process = threading.Lock()  # filtering and evaluation share this process's torch and open_clip state
     futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="student") as pool:
+    with quiet_children(), ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="student") as pool:
         try:
             for baseline in names:
                 bar.set_postfix_str(f"{baseline}: filter + reshard")

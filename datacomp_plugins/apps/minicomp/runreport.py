@@ -105,11 +105,12 @@ def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tup
     tasks = sorted({t for by_seed in scores.values() for values in by_seed.values() for t in values})
     lines = ["# Mini DataComp report", "",
              f"World: `{out}`; runs: `{runs_dir}`; seeds: {', '.join(map(str, seeds))}. "
-             "Zero-shot top-1 accuracy in percent, mean ± sample standard deviation over seeds.", "",
+             + ("Zero-shot top-1 accuracy in percent, one seed (no spread)." if len(seeds) == 1 else
+                "Zero-shot top-1 accuracy in percent, mean ± sample standard deviation over seeds."), "",
              "## Results", "",
              "| baseline | subset size | seeds | " + " | ".join(tasks) + " | average |",
              "|---|---:|---:|" + "---:|" * len(tasks) + "---:|"]
-    figure = {"names": [], "mean": [], "sd": []}
+    figure = {"names": [], "mean": [], "sd": [], "seeds": []}
     for name in names:
         if name not in scores:
             lines.append(f"| {name} | {_subset_size(runs_dir, name) or ''} | 0 | " + " | " * len(tasks) + " |")
@@ -123,6 +124,7 @@ def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tup
         figure["names"].append(name)
         figure["mean"].append(mean)
         figure["sd"].append(sd or 0.0)
+        figure["seeds"].append(len(by_seed))
         lines.append(f"| {name} | {_subset_size(runs_dir, name)} | {len(by_seed)} | " + " | ".join(cells)
                      + f" | {_pm(mean, sd)} |")
     order, shares, totals = component_shares(out, runs_dir, names)
@@ -159,6 +161,15 @@ def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tup
     return "\n".join(lines) + "\n", figure
 
 
+def figure_title(seeds: list[int]) -> str:
+    """The accuracy chart's title, true to the seeds each bar averages: a one-seed run has no spread."""
+    counts = sorted(set(seeds))
+    if not counts or counts == [1]:
+        return "students per subset (one seed each: no spread)"
+    spread = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"students per subset (mean ± sd over {spread} seeds)"
+
+
 def render_png(figure: dict) -> bytes:
     """Average accuracy per baseline (mean ± sd) and the component shares kept, side by side."""
     import io
@@ -175,7 +186,7 @@ def render_png(figure: dict) -> bytes:
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
     axes[0].set_xlabel("average zero-shot top-1 (%)")
-    axes[0].set_title("students per subset (mean ± sd over seeds)")
+    axes[0].set_title(figure_title(figure.get("seeds", [])))
     order, shares = figure["components"], figure["shares"]
     rows = [n for n in names if n in shares] or list(shares)
     if order and rows:
