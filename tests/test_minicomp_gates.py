@@ -27,7 +27,7 @@ def _world(tmp_path, **captions):
     with open(DEFAULT_WORLD, "rb") as handle:
         data = tomllib.load(handle)
     data.pop("quick")
-    data["captions"].update(captions)
+    data["captions"].update({"drop": 0.0, "noise_prob": 0.0, **captions})  # no noise unless a test asks
     path = tmp_path / "w.toml"
     path.write_text(world_toml(data))
     return load_world(str(path))

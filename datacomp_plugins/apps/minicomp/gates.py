@@ -34,8 +34,8 @@ NUM_BATCHES = 10
 
 # (default world, quick world)
 THRESHOLDS: dict[str, tuple[float, float]] = {
-    "teacher_accuracy_l14": (0.80, 0.45),
-    "teacher_accuracy_b32": (0.70, 0.40),
+    "teacher_accuracy_l14": (0.80, 0.35),
+    "teacher_accuracy_b32": (0.70, 0.30),
     "clipscore_keeps": (0.5, 0.5),
     "negcliploss_removes": (0.5, 0.7),
     "normsim_work": (1.0, 1.0),
@@ -151,7 +151,7 @@ def kept_masks(out: str, uids_hex: np.ndarray, temperature: float, batch_size: i
             run_filter(FilterConfig(name=name, metadata_dir=os.path.join(out, "metadata"), save_path=save,
                                     arch="l14", fraction=FRACTION, cache_dir=os.path.join(scratch, "cache"),
                                     progress=False, **extra))
-            kept = set(to_hex(np.asarray(load_uid_file(save))).tolist())
+            kept = {u.decode() if isinstance(u, bytes) else str(u) for u in to_hex(np.asarray(load_uid_file(save)))}
             masks.append(np.fromiter((u in kept for u in uids_hex), bool, len(uids_hex)))
     return masks[0], masks[1]
 

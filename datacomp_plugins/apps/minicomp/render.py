@@ -272,11 +272,15 @@ def _shape_mask(draw: Any, kind: str, cx: float, cy: float, r: float, font_cache
 
 
 def _background(world: World, name: str, size: int, seed: int) -> Any:
+    """The background; a plain colour gets a slight seeded tint (at most 4 of 255 per channel), invisible but
+    enough that no two simple scenes are the same bytes (positions alone are quantised by the drawing)."""
     from PIL import Image
 
     palette = world["palette"]
     if name not in TEXTURE_BACKGROUNDS:
-        return Image.new("RGB", (size, size), tuple(palette[name]))
+        tint = np.random.default_rng([seed, 0x7147]).integers(-4, 5, 3)
+        rgb = [min(255, max(0, int(c) + int(t))) for c, t in zip(palette[name], tint, strict=True)]
+        return Image.new("RGB", (size, size), tuple(rgb))
     if name == "noise":
         rng = np.random.default_rng(seed)
         small = rng.integers(60, 200, (size // 4 + 1, size // 4 + 1, 3), dtype=np.uint8)
@@ -324,7 +328,7 @@ def _write(canvas: Any, text: str, colour: tuple[int, int, int], seed: int, font
 
     big = canvas.size[0]
     rng = np.random.default_rng(seed)
-    size = int(big * 0.55)
+    size = int(big * 0.55 * rng.uniform(0.85, 1.0))
     font = None
     while size > 8:
         font = fonts.get(("text", size)) or fonts.setdefault(("text", size), ImageFont.load_default(size=size))
@@ -332,7 +336,7 @@ def _write(canvas: Any, text: str, colour: tuple[int, int, int], seed: int, font
         if right - left <= big * 0.96:
             break
         size = int(size * 0.92)
-    cx, cy = big * (0.5 + rng.uniform(-0.05, 0.05)), big * (0.5 + rng.uniform(-0.15, 0.15))
+    cx, cy = big * (0.5 + rng.uniform(-0.06, 0.06)), big * (0.5 + rng.uniform(-0.2, 0.2))
     outline = (0, 0, 0) if sum(colour) > 380 else (255, 255, 255)
     draw = ImageDraw.Draw(canvas)
     draw.text((cx, cy), text, font=font, anchor="mm", fill=outline, stroke_width=SUPERSAMPLE, stroke_fill=outline)
