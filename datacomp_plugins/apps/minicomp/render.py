@@ -272,13 +272,14 @@ def _shape_mask(draw: Any, kind: str, cx: float, cy: float, r: float, font_cache
 
 
 def _background(world: World, name: str, size: int, seed: int) -> Any:
-    """The background; a plain colour gets a slight seeded tint (at most 4 of 255 per channel), invisible but
-    enough that no two simple scenes are the same bytes (positions alone are quantised by the drawing)."""
+    """The background, with a slight seeded tint (at most 6 of 255 per channel, plain colours and the checker
+    board alike): invisible, but enough that no two simple scenes are the same bytes (positions alone are
+    quantised by the drawing, and a corpus image equal to a pool or target image fails ``corpus_disjoint``)."""
     from PIL import Image
 
     palette = world["palette"]
+    tint = np.random.default_rng([seed, 0x7147]).integers(-6, 7, 3)
     if name not in TEXTURE_BACKGROUNDS:
-        tint = np.random.default_rng([seed, 0x7147]).integers(-4, 5, 3)
         rgb = [min(255, max(0, int(c) + int(t))) for c, t in zip(palette[name], tint, strict=True)]
         return Image.new("RGB", (size, size), tuple(rgb))
     if name == "noise":
@@ -288,8 +289,8 @@ def _background(world: World, name: str, size: int, seed: int) -> Any:
     cell = max(1, size // 8)
     yy, xx = np.mgrid[0:size, 0:size]
     board = (((yy // cell) + (xx // cell)) % 2).astype(np.uint8)
-    arr = np.where(board[..., None] == 1, 170, 90).astype(np.uint8).repeat(3, axis=2)
-    return Image.fromarray(arr)
+    arr = np.where(board[..., None] == 1, 170, 90).astype(np.int16).repeat(3, axis=2) + tint.astype(np.int16)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
 def draw(world: World, spec: dict[str, Any], _fonts: dict = {}) -> Any:  # noqa: B006 - a per-process font cache
