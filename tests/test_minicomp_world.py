@@ -90,9 +90,9 @@ def test_tars_match_metadata_and_truth_row_for_row(quick_world):
 
 
 def test_component_counts_follow_the_world_shares(quick_world):
-    # quick world: 3000 samples; shares .40 .18 .08 .06 .06 .14 .08 of the default world
-    expected = {"clean": 1200, "mismatched": 540, "generic_caption": 240, "crowded_image": 180, "text_in_image": 180,
-                "off_task": 420, "near_duplicate": 240}
+    # quick world: 3000 samples; shares .38 .14 .10 .06 .06 .16 .10 of the default world, each exact
+    expected = {"clean": 1140, "mismatched": 420, "generic_caption": 300, "crowded_image": 180, "text_in_image": 180,
+                "off_task": 480, "near_duplicate": 300}
     truth = [c for s in STEMS for c in pq.read_table(quick_world / "truth" / f"{s}.parquet")["component"].to_pylist()]
     assert {c: truth.count(c) for c in expected} == expected
     assert manifest(quick_world)["counts"]["pool"] == expected
@@ -221,13 +221,13 @@ def test_datacomp_wds_eval_runs_on_the_evalsets_with_a_teacher(quick_world):
 
 def test_evalset_layout_for_clip_benchmark(quick_world):
     root = quick_world / "evalsets" / "wds_colors_test"
-    assert (root / "classnames.txt").read_text().split("\n")[:6] == ["red", "green", "blue", "yellow", "purple",
-                                                                      "orange"]
+    assert (root / "classnames.txt").read_text().split("\n")[:10] == [
+        "red", "orange", "yellow", "lime", "green", "cyan", "blue", "purple", "magenta", "white"]
     assert all("{c}" in t for t in (root / "zeroshot_classification_templates.txt").read_text().splitlines())
     assert (root / "test" / "nshards.txt").read_text().strip() == "1"
     samples = tar_samples(root / "test" / "0.tar")
     labels = [int(s["cls"]) for s in samples]
-    assert len(samples) == 6 * 30 and sorted(set(labels)) == list(range(6))
+    assert len(samples) == 10 * 30 and sorted(set(labels)) == list(range(10))
     # the class attribute is what the image shows: "red" images hold many more red-dominant pixels than others
     from PIL import Image
 
