@@ -539,6 +539,8 @@ class StageRunner:
                     results[stage.name] = json.load(handle)["result"]
                 continue
             rerun = True
+            if self.progress:
+                print(f"stage {stage.name}", file=sys.stderr)
             if os.path.exists(marker):
                 os.unlink(marker)  # not done until it finishes again
             t0 = time.monotonic()

@@ -79,7 +79,7 @@ def accuracy_gates(accuracy: dict[str, dict[str, float]], quick: bool) -> list[G
 def selection_gates(components: np.ndarray, clip_kept: np.ndarray, neg_kept: np.ndarray, quick: bool) -> list[Gate]:
     """The hub and NormSim gates from the pool's components (truth) and two boolean masks of kept samples."""
     gates = []
-    n, n_clip = len(components), max(1, int(clip_kept.sum()))
+    n_clip = max(1, int(clip_kept.sum()))
     present = set(components.tolist())
     for hub in HUBS:
         if hub not in present:
@@ -99,7 +99,6 @@ def selection_gates(components: np.ndarray, clip_kept: np.ndarray, neg_kept: np.
         share = int((off & clip_kept).sum()) / n_clip
         gates.append(Gate("normsim_work.off_task", share / off.mean(), ">", threshold("normsim_work", quick),
                           f"{100 * share:.1f}% of CLIPScore's top 30% against {100 * off.mean():.1f}% of the pool"))
-    del n
     return gates
 
 
@@ -126,10 +125,14 @@ def disjoint_gate(out: str, quick: bool) -> Gate:
     corpus: set[str] = set()
     for path in _tars(os.path.join(out, "teacher", "corpus")):
         corpus |= _tar_image_hashes(path)
+    import pyarrow.parquet as pq
+
     others: set[str] = set()
-    for folder in ("shards", "evalsets"):
-        for path in _tars(os.path.join(out, folder)):
-            others |= _tar_image_hashes(path)
+    for path in sorted(os.listdir(os.path.join(out, "metadata"))):  # the pool's image hashes are in its metadata
+        if path.endswith(".parquet"):
+            others |= set(pq.read_table(os.path.join(out, "metadata", path), columns=["sha256"])["sha256"].to_pylist())
+    for path in _tars(os.path.join(out, "evalsets")):
+        others |= _tar_image_hashes(path)
     shared = len(corpus & others)
     return Gate("corpus_disjoint", shared, "==", threshold("corpus_disjoint", quick),
                 f"{len(corpus)} corpus images against {len(others)} pool, eval and target images")

@@ -201,8 +201,8 @@ def _child(argv: Sequence[str]) -> int:
     seed_data_pipeline(seed)
     from open_clip_train.main import main
 
-    result = main(rest)
-    return 1 if result == -1 else 0 if result in (None, 0) else int(result) if isinstance(result, int) else 1
+    result = main(rest)  # None when done; -1 (or another int) when open_clip_train gives up
+    return 0 if result is None else (1 if result == -1 else int(result)) if isinstance(result, int) else 1
 
 
 if __name__ == "__main__":

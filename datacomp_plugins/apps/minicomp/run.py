@@ -210,7 +210,7 @@ def uses_negcliploss(settings: dict) -> bool:
     if name == "negcliploss":
         return True
     return name != "clip_score" and settings.get("quality_score", "negcliploss") == "negcliploss" \
-        and settings.get("fraction", 1.0) not in (1, 1.0, None)
+        and settings.get("fraction") not in (None, 1)
 
 
 def make_subset(settings: RunSettings, baseline: str, save_path: Path) -> str:
