@@ -120,6 +120,41 @@ def test_worlds_without_the_new_caption_keys_still_load(tmp_path):
     assert caps["drop"] == 0 and caps["noise"] == [] and caps["crowded"] and caps["text"]
 
 
+def test_teacher_corpus_can_be_cleaner_than_the_pool(tmp_path):
+    """teacher_corpus.caption_drop / caption_noise_prob render the corpus's captions, the pool keeps its own."""
+    import tomllib
+
+    from datacomp_plugins.apps.minicomp.build import Builder, world_toml
+    from datacomp_plugins.apps.minicomp.world import DEFAULT_WORLD
+
+    with open(DEFAULT_WORLD, "rb") as handle:
+        data = tomllib.load(handle)
+    data.pop("quick")
+    data["captions"].update({"templates": ["{color} {shapes}"], "drop": 1.0, "noise": ["jpg"], "noise_prob": 1.0})
+    data["teacher_corpus"].update({"caption_drop": 0.0, "caption_noise_prob": 0.0})
+    path = tmp_path / "w.toml"
+    path.write_text(world_toml(data))
+    world = load_world(str(path))
+    corpus = world.corpus_view()
+    comps = np.full(30, COMPONENTS.index("clean"), dtype=np.int8)
+    for i in range(30):
+        pool_spec = render.make_spec(world, render.STREAM_POOL, i, comps)
+        corpus_spec = render.make_spec(corpus, render.STREAM_TEACHER, i, comps)
+        assert "jpg" in pool_spec["caption"].split() and pool_spec["color"] not in pool_spec["caption"]
+        f = render.caption_fields(corpus_spec)
+        assert corpus_spec["caption"] == f"{f['color']} {f['shapes']}"
+    jobs = Builder(str(tmp_path / "out"), world, 1, progress=False).render_jobs()
+    by_stream = {job["stream"]: job["world"] for job in jobs if job["kind"] == "samples"}
+    assert by_stream[render.STREAM_TEACHER]["captions"]["noise_prob"] == 0.0
+    assert by_stream[render.STREAM_POOL]["captions"]["noise_prob"] == 1.0
+    # left out, the corpus is as noisy as the pool
+    assert load_world(DEFAULT_WORLD).corpus_view()["captions"] == load_world(DEFAULT_WORLD)["captions"]
+    data["teacher_corpus"]["caption_drop"] = 1.5
+    path.write_text(world_toml(data))
+    with pytest.raises(PluginError, match="teacher_corpus.caption_drop"):
+        load_world(str(path))
+
+
 # ---------------------------------------------------------------- gates: hand-worked selections
 
 

@@ -215,7 +215,8 @@ class Builder:
             start, end = s * self.corpus_shard, min(corpus["size"], (s + 1) * self.corpus_shard)
             jobs.append({"kind": "samples", "name": f"teacher/corpus/{s:08d}.tar", "stream": render.STREAM_TEACHER,
                          "shard": s, "start": start, "end": end, "components": corpus_comps,
-                         "shard_size": self.corpus_shard, "folder": self.path("teacher", "corpus")})
+                         "shard_size": self.corpus_shard, "folder": self.path("teacher", "corpus"),
+                         "world": w.corpus_view()})
         pool_comps = stream_components(w, render.STREAM_POOL, w["components"], self.pool_size)
         for s in range(self.n_shards):
             start, end = s * self.shard_size, min(self.pool_size, (s + 1) * self.shard_size)
@@ -233,7 +234,7 @@ class Builder:
                                  "task": t, "split": split, "start": start, "end": min(total, start + EVAL_SHARD),
                                  "path": os.path.join(folder, f"{k}.tar")})
         for job in jobs:
-            job["world"] = w
+            job.setdefault("world", w)
         return jobs
 
     def write_task_metadata(self) -> None:

@@ -50,7 +50,8 @@ _SCHEMA: dict[str, Any] = {
                  "noise_prob": float},
     "evalsets": {"train_per_class": int, "test_per_class": int, "imagenet_like": str},
     "tasks": list,
-    "teacher_corpus": {"size": int, "components": {name: float for name in COMPONENTS}},
+    "teacher_corpus": {"size": int, "components": {name: float for name in COMPONENTS}, "caption_drop": float,
+                       "caption_noise_prob": float},
     "teachers": {"l14": _TEACHER, "b32": _TEACHER},
 }
 # keys a world file may leave out, and their values then (worlds written before these keys existed still load)
@@ -58,6 +59,8 @@ OPTIONAL: dict[str, dict[str, Any]] = {
     "teachers.l14": {"vision": "vit"},
     "teachers.b32": {"vision": "vit"},
     "captions": {"crowded": ["{color} shapes"], "text": ["{color}"], "drop": 0.0, "noise": [], "noise_prob": 0.0},
+    # < 0: the corpus's captions are as noisy as the pool's (captions.drop, captions.noise_prob)
+    "teacher_corpus": {"caption_drop": -1.0, "caption_noise_prob": -1.0},
 }
 _TASK_KEYS = {"name": str, "attribute": str, "classes": list, "templates": list}
 TEACHER_DIMS = {"l14": 768, "b32": 512}
@@ -82,6 +85,16 @@ class World:
         """sha256 of the canonical JSON of the merged world: two builds mix only when this is equal."""
         text = json.dumps(self.data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def corpus_view(self) -> World:
+        """This world as the teachers' corpus is rendered: its captions' drop and noise are
+        ``teacher_corpus.caption_drop`` / ``caption_noise_prob`` where set (a curated corpus beside a noisy pool)."""
+        corpus, caps = self.data["teacher_corpus"], dict(self.data["captions"])
+        if corpus["caption_drop"] >= 0:
+            caps["drop"] = corpus["caption_drop"]
+        if corpus["caption_noise_prob"] >= 0:
+            caps["noise_prob"] = corpus["caption_noise_prob"]
+        return World({**self.data, "captions": caps}, self.source, self.quick)
 
     def task(self, name: str) -> dict[str, Any]:
         return next(t for t in self.data["tasks"] if t["name"] == name)
@@ -256,6 +269,13 @@ def validate(data: dict[str, Any], src: str) -> None:
     _str_list(src, "captions.noise", caps["noise"], min_len=0)
     if caps["noise_prob"] > 0 and not caps["noise"]:
         raise _err(src, "captions.noise_prob", f"{caps['noise_prob']} > 0 needs at least one captions.noise token")
+    corpus = data["teacher_corpus"]
+    for key in ("caption_drop", "caption_noise_prob"):
+        if corpus[key] != -1.0:
+            _range(src, f"teacher_corpus.{key}", corpus[key], 0.0, 1.0)
+    if corpus["caption_noise_prob"] > 0 and not caps["noise"]:
+        raise _err(src, "teacher_corpus.caption_noise_prob",
+                   f"{corpus['caption_noise_prob']} > 0 needs at least one captions.noise token")
 
     tasks = data["tasks"]
     if not tasks:
