@@ -87,12 +87,51 @@ def test_train_argv_has_datacomp_train_py_flags_in_order(tmp_path):
     scale = student.SCALE_CONFIGS["minicomp"]
     argv = student.train_argv(data, tmp_path / "logs", "train", scale, seed=7, train_num_samples=64_000)
     ours = [a for a in argv if a.startswith("--")]
-    assert ours == flags + ["--dataset-resampled"]  # train.py appends it unconditionally; beta2 is None
+    # train.py appends --dataset-resampled unconditionally; beta2 is None; --grad-checkpointing is left out
+    # (the next test shows it changes no weight)
+    assert ours == [f for f in flags if f != "--grad-checkpointing"] + ["--dataset-resampled"]
     value = dict(zip(argv, argv[1:], strict=False))
     assert value["--train-data"] == str(data / "{00000000..00000002}.tar")  # train.py's get_input_shards
     assert value["--train-num-samples"] == str(64_000 // scale["num_checkpoints"])
     assert value["--epochs"] == str(scale["num_checkpoints"]) and value["--seed"] == "7"
     assert value["--batch-size"] == str(scale["batch_size"]) and value["--resume"] == "latest"
+
+
+def test_gradient_checkpointing_changes_no_weight_of_the_student(tmp_path):
+    """Why the student may leave out train.py's --grad-checkpointing: the same steps give the same bits."""
+    import copy
+
+    import torch
+    from open_clip.loss import ClipLoss
+
+    from datacomp_plugins.apps.minicomp import openclip, student
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        open_clip = openclip.register([str(student.write_model_config(tmp_path))])
+        torch.manual_seed(0)
+        model = open_clip.create_model(student.STUDENT_MODEL, pretrained=None, output_dict=True)
+        tokens = open_clip.get_tokenizer(student.STUDENT_MODEL)([f"{i} red circles" for i in range(16)])
+        images = torch.randn(16, 3, 32, 32)
+
+        def trained(checkpointing: bool) -> torch.Tensor:
+            m = copy.deepcopy(model)
+            m.set_grad_checkpointing(checkpointing)
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.2)
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                out = m(images, tokens)
+                ClipLoss()(out["image_features"], out["text_features"], out["logit_scale"]).backward()
+                opt.step()
+            return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
+        with_checkpoints, without = trained(True), trained(False)
+        assert not torch.equal(with_checkpoints, before)  # the steps did train
+        assert torch.equal(with_checkpoints, without)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- training children

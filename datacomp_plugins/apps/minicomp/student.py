@@ -59,6 +59,8 @@ TRAIN_DEFAULTS = {
     "log_every_n_steps": 10,
     "save_frequency": 0,
     "resume": "latest",
+    # train.py passes --grad-checkpointing; on a CPU it costs ~25% of a step and changes no bit (test_minicomp_run)
+    "grad_checkpointing": False,
 }
 
 
@@ -153,7 +155,8 @@ def train_argv(data_dir: Path, output_dir: Path, exp_name: str, scale: dict, see
                          warmup=scale["warmup"], model=scale["model"], logs=str(output_dir), name=exp_name,
                          seed=seed, precision=d["precision"], workers=d["workers"], accum_freq=d["accum_freq"],
                          log_every=d["log_every_n_steps"], save_frequency=d["save_frequency"], resampled=True,
-                         resume=d["resume"], save_most_recent=True, beta2=scale.get("beta2"))
+                         resume=d["resume"], save_most_recent=True, beta2=scale.get("beta2"),
+                         grad_checkpointing=d["grad_checkpointing"])
 
 
 def train(argv: list[str], config_path: Path, seed: int, log_path: Path, timeout: float | None = None) -> None:
