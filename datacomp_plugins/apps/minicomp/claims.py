@@ -154,13 +154,17 @@ def judge(results: Results) -> list[Verdict]:
     """Each claim, with Holm's procedure over the claims that can be judged (every comparison run, >= 2 seeds).
 
     A claim holds when Holm rejects its null hypothesis; its p-value is the largest of its comparisons'
-    (the intersection-union test: every comparison must hold).
+    (the intersection-union test: every comparison must hold). A claim with a comparison not run is judged
+    all the same when another of its comparisons already fails at alpha (it cannot hold whatever the rest
+    gives): it enters Holm's family with the largest p-value it has, which only makes the others' levels
+    stricter.
     """
     verdicts = []
     for number, text, pairs in CLAIMS:
         comparisons = [compare(results, a, b) for a, b in pairs]
-        judged = all(c.p is not None for c in comparisons)
-        p = max(c.p for c in comparisons) if judged else None
+        known = [c.p for c in comparisons if c.p is not None]
+        complete = len(known) == len(comparisons)
+        p = max(known) if known and (complete or max(known) > stats.ALPHA) else None
         verdicts.append(Verdict(number, text, "not judged", comparisons, p))
     tested = [v for v in verdicts if v.p is not None]
     rejected, adjusted = stats.holm([v.p for v in tested])

@@ -148,6 +148,9 @@ def test_report_judges_the_claims_when_the_controls_are_resolved(tmp_path):
     assert "**The instrument failed**" not in text
     row = next(line for line in text.splitlines() if line.startswith("| 1. negcliploss_30 beats clip_score_30 |"))
     assert "| **held** |" in row  # d = 3, 3, 5 points
+    # claim 4: clip_score_30 does not beat no_filter, so it is not held although five filters were not run
+    assert "| 4. every filter beats no_filter and random_30 | **not held** |" in text
+    assert "| 2. negcliploss ∩ normsiminf(target) beats negcliploss_30 | **not judged** |" in text
     assert "Minimum detectable effect" in text and "points**; seeds for an MDE" in text
     # the figure's intervals: t over the three seeds, around the mean
     i = figure["names"].index("oracle_30")

@@ -297,3 +297,13 @@ def test_pooled_paired_sd_hand_worked():
     sd, pairs = claims.pooled_paired_sd(results)
     assert pairs == 3 and sd == pytest.approx(math.sqrt(2 / 3))
     assert claims.pooled_paired_sd(_planted({"a": [50.0], "b": [40.0]})) == (None, 0)
+
+
+def test_a_claim_with_a_failed_comparison_is_not_held_even_when_others_were_not_run():
+    means = {"no_filter": [50.0, 51.0, 52.0], "random_30": [40.0, 41.0, 42.0],
+             "clip_score_30": [45.0, 46.0, 47.0]}  # beats random_30, not no_filter; four filters not run
+    verdicts = {v.number: v for v in claims.judge(_planted(means))}
+    assert verdicts[4].overall == "not held" and verdicts[4].p > stats.ALPHA
+    del means["no_filter"]  # only a comparison that holds is left: the claim cannot be judged yet
+    verdicts = {v.number: v for v in claims.judge(_planted(means))}
+    assert verdicts[4].overall == "not judged" and verdicts[4].p is None
