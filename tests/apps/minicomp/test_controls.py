@@ -200,3 +200,26 @@ def test_per_image_results_that_disagree_with_acc1_are_refused(tmp_path):
     np.save(path, np.zeros(300, dtype=bool))
     with pytest.raises(PluginError, match=r"shapes.npy: 0.0000 of the images correct, but acc1 = 0.6000"):
         runreport.render(tmp_path, tmp_path / "runs", ["oracle_30"], [0])
+
+
+def test_per_image_files_are_deterministic_complete_and_checked(tmp_path):
+    from datacomp_plugins.apps.minicomp.evaluate import load_per_image
+
+    correct = {"shapes": np.array([True, False, True]), "colors": np.array([False, False, True, True])}
+    save_per_image(tmp_path / "a", correct)
+    save_per_image(tmp_path / "b", correct)
+    for task in correct:
+        assert (tmp_path / "a" / f"{task}.npy").read_bytes() == (tmp_path / "b" / f"{task}.npy").read_bytes()
+    save_per_image(tmp_path / "a", {"shapes": correct["shapes"]})  # a second evaluation replaces the folder whole
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["shapes.npy"]
+    assert not list(tmp_path.glob("*.tmp"))
+    records = {"shapes": {"metrics": {"acc1": 2 / 3}}, "colors": {"metrics": {"acc1": 0.5}}}
+    loaded = load_per_image(tmp_path / "b", records)
+    assert {t: v.tolist() for t, v in loaded.items()} == {t: v.tolist() for t, v in correct.items()}
+    assert load_per_image(tmp_path / "missing", records) is None
+    np.save(tmp_path / "b" / "colors.npy", np.array([0, 0, 1, 1]))
+    with pytest.raises(PluginError, match=r"colors.npy: expected a non-empty 1-D bool array, got int64"):
+        load_per_image(tmp_path / "b", records)
+    (tmp_path / "b" / "colors.npy").unlink()
+    with pytest.raises(PluginError, match="cannot read the per-image results of task colors"):
+        load_per_image(tmp_path / "b", records)
