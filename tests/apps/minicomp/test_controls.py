@@ -223,3 +223,29 @@ def test_per_image_files_are_deterministic_complete_and_checked(tmp_path):
     (tmp_path / "b" / "colors.npy").unlink()
     with pytest.raises(PluginError, match="cannot read the per-image results of task colors"):
         load_per_image(tmp_path / "b", records)
+
+
+def test_a_pair_finished_without_per_image_results_is_evaluated_again_for_them(tmp_path, monkeypatch):
+    """Only the per-image files are written; without a checkpoint nothing is done (the report names the pair)."""
+    from datacomp_plugins.apps.minicomp import evaluate, student
+
+    calls = []
+
+    def fake(datacomp, model, checkpoint, evalsets, tasks, batch_size=256):
+        calls.append((model, checkpoint, tuple(tasks)))
+        return [], {"shapes": np.array([True, False])}
+
+    monkeypatch.setattr(evaluate, "evaluate_per_image", fake)
+    monkeypatch.setattr(evaluate, "list_tasks", lambda evalsets: ["shapes"])
+    monkeypatch.setattr(student, "register_model", lambda path: None)
+    settings = run.RunSettings(tmp_path / "world", tmp_path / "runs", [], [0], "minicomp_quick", 256)
+    folder = tmp_path / "runs" / "no_filter" / "seed0"
+    folder.mkdir(parents=True)
+    run._evaluate_again(settings, tmp_path, folder, "minicomp-student", None)
+    assert calls == [] and not (folder / PER_IMAGE_DIR).exists()
+    checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    run._evaluate_again(settings, tmp_path, folder, "minicomp-student", None)
+    assert calls == [("minicomp-student", checkpoint, ("shapes",))]
+    assert np.load(folder / PER_IMAGE_DIR / "shapes.npy").tolist() == [True, False]
