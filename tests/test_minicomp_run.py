@@ -32,38 +32,7 @@ def _run_cli(argv: list[str]) -> int:
     return cli_main(["minicomp", "run", *argv, "--no_progress"])
 
 
-# ---------------------------------------------------------------- claims: hand-worked examples
-
-
-def test_claim_holds_when_mean_exceeds_two_standard_errors():
-    # d = 1, 2, 3 points: mean 2, sd 1, SE 1/sqrt(3) = 0.5774, 2 SE = 1.1547 -> held, margin 0.8453
-    averages = {"a": {0: 50.0, 1: 52.0, 2: 54.0}, "b": {0: 49.0, 1: 50.0, 2: 51.0}}
-    c = claims.compare(averages, "a", "b")
-    assert c.status == "held" and c.n == 3
-    assert math.isclose(c.mean, 2.0) and math.isclose(c.se, 1 / math.sqrt(3))
-    assert math.isclose(c.margin, 2.0 - 2 / math.sqrt(3))
-
-
-def test_claim_not_held_when_spread_is_large_or_sign_is_wrong():
-    # d = 1, -1, 3: mean 1, sd 2, SE 1.1547 -> 2 SE = 2.31 > 1 -> not held
-    averages = {"a": {0: 51.0, 1: 49.0, 2: 53.0}, "b": {0: 50.0, 1: 50.0, 2: 50.0}}
-    assert claims.compare(averages, "a", "b").status == "not held"
-    assert claims.compare(averages, "b", "a").status == "not held"
-    one_seed = {"a": {0: 60.0}, "b": {0: 50.0}}
-    c = claims.compare(one_seed, "a", "b")
-    assert c.status == "not judged" and c.se is None and c.mean == 10.0
-
-
-def test_claim_four_needs_every_comparison():
-    names = [*claims.FILTERS, "no_filter", "random_30"]
-    averages = {n: {0: 10.0, 1: 11.0, 2: 12.5} for n in ("no_filter", "random_30")}
-    for i, name in enumerate(claims.FILTERS):
-        averages[name] = {0: 20.0 + i, 1: 21.0 + i, 2: 22.0 + i}
-    verdicts = {number: overall for number, _, overall, _ in claims.judge(averages)}
-    assert verdicts[4] == "held" and set(averages) == set(names)
-    averages["negcliploss_normsim_d"] = {0: 10.0, 1: 11.0, 2: 12.0}  # no better than no_filter
-    verdicts = {number: overall for number, _, overall, _ in claims.judge(averages)}
-    assert verdicts[4] == "not held" and verdicts[3] == "not held"
+# The decision rule's tests: tests/apps/minicomp/test_decision_rule.py.
 
 
 # ---------------------------------------------------------------- DataComp's train.py argument list
@@ -310,9 +279,39 @@ def test_subset_sizes_and_reshard_are_exact(quick_runs):
 
 
 @needs_datacomp
+def test_the_controls_are_resolved_and_the_check_fails_on_sabotaged_subsets(quick_runs):
+    """The CI's instrument check: oracle_30 beats anti_clip_score_30 by the one-seed paired bootstrap over eval
+    images. Sabotaged (the two subsets' students swapped, or one compared with itself) the same check fails."""
+    from datacomp_plugins.apps.minicomp.run import QUICK_BASELINES
+    from datacomp_plugins.apps.minicomp.runreport import read_per_image
+
+    results, lacking = read_per_image(quick_runs / "runs", list(QUICK_BASELINES), [0])
+    assert not lacking and set(results) == set(QUICK_BASELINES)
+    verdict = claims.instrument(results)
+    assert verdict.resolved, verdict.why
+    [link] = verdict.comparisons  # no random_30 in the quick run: the chain is oracle > anti
+    assert (link.better, link.worse, link.n, link.status) == ("oracle_30", "anti_clip_score_30", 1, "held")
+    assert link.boot.p <= 0.05 and link.boot.lower > 0
+    swapped = {**results, "oracle_30": results["anti_clip_score_30"], "anti_clip_score_30": results["oracle_30"]}
+    assert not claims.instrument(swapped).resolved
+    same = {**results, "anti_clip_score_30": results["oracle_30"]}
+    assert not claims.instrument(same).resolved
+    text = (quick_runs / "report.md").read_text()
+    assert "## Instrument" in text and "**Resolved**: oracle_30 > anti_clip_score_30 resolved" in text
+    # the per-image files are the evaluation the results file reports
+    for name in QUICK_BASELINES:
+        lines = (quick_runs / "runs" / name / "seed0" / "eval_results.jsonl").read_text().splitlines()
+        for record in map(json.loads, lines):
+            correct = results[name][0][record["key"]]
+            assert abs(correct.mean() - record["metrics"]["acc1"]) <= 1.0 / len(correct) + 1e-12
+
+
+@needs_datacomp
 def test_report_command_reads_the_results(quick_runs, tmp_path):
+    from datacomp_plugins.apps.minicomp.run import QUICK_BASELINES
+
     runs = [str(p) for p in sorted((quick_runs / "runs").glob("*/seed0"))]
-    assert len(runs) == 4
+    assert len(runs) == len(QUICK_BASELINES) == 6
     assert cli_main(["report", *runs, "--partial", "--out", str(tmp_path)]) == 0
 
 
@@ -431,9 +430,9 @@ def test_seeded_rerun_after_a_kill_gives_identical_results(quick_runs, tmp_path)
 def test_a_one_seed_figure_does_not_claim_a_spread_over_seeds():
     from datacomp_plugins.apps.minicomp.runreport import figure_title
 
-    assert "over seeds" not in figure_title([1, 1, 1]) and "one seed" in figure_title([1, 1])
-    assert figure_title([3, 3]) == "students per subset (mean ± sd over 3 seeds)"
-    assert figure_title([2, 3]) == "students per subset (mean ± sd over 2–3 seeds)"
+    assert "over seeds" not in figure_title([1, 1, 1]) and "eval images" in figure_title([1, 1])
+    assert figure_title([3, 3]) == "students per subset (mean and 95% t interval over 3 seeds)"
+    assert figure_title([2, 3]) == "students per subset (mean and 95% t interval over 2–3 seeds)"
 
 
 def test_children_of_minicomp_run_draw_no_progress_bars(tmp_path):

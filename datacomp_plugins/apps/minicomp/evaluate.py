@@ -10,9 +10,12 @@ classifier to float32 — what it is on a GPU under DataComp — and changes not
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
 
@@ -62,16 +65,76 @@ def evaluate_checkpoint(datacomp: Path, model_name: str, checkpoint: Path, evals
     The metrics are ``wds_eval.evaluate_webdataset``'s; ``main_metric`` is ``acc1``, as DataComp's
     ``evaluate.py`` sets it for a classification task without another ``main_metric`` in tasklist.yml.
     """
+    return evaluate_per_image(datacomp, model_name, checkpoint, evalsets, tasks, batch_size)[0]
+
+
+def evaluate_per_image(datacomp: Path, model_name: str, checkpoint: Path, evalsets: Path, tasks: list[str],
+                       batch_size: int = 256) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The records of :func:`evaluate_checkpoint` and, per task, each image's top-1 correctness (bool, in the
+    eval set's order: DataComp's loader reads the test tars in order, unshuffled).
+
+    ``evaluate_webdataset(..., return_preds=True, return_topk=1)`` hands back the top-1 predictions and the
+    labels beside the same metrics, so the paired statistics need no second pass over the images.
+    """
     import torch
 
     wds_eval = wds_eval_module(datacomp)
     records = []
+    correct = {}
     for task in tasks:
         torch.manual_seed(0)
         with float32_classifier():
-            metrics = wds_eval.evaluate_webdataset(task, model_name, str(checkpoint), data_root=str(evalsets),
-                                                   batch_size=batch_size, num_workers=0)
+            metrics, top1, target = wds_eval.evaluate_webdataset(
+                task, model_name, str(checkpoint), data_root=str(evalsets), batch_size=batch_size, num_workers=0,
+                return_preds=True, return_topk=1)
+        correct[task] = (np.asarray(top1)[:, 0] == np.asarray(target)).astype(bool)
         metrics = {k: (None if v is None else float(v)) for k, v in metrics.items()}
         metrics["main_metric"] = metrics.get("acc1")
         records.append({"key": task, "dataset": task, "metrics": metrics})
-    return records
+    return records, correct
+
+
+PER_IMAGE_DIR = "eval_per_image"  # beside eval_results.jsonl: <task>.npy per task
+
+
+def save_per_image(folder: Path, correct: dict[str, np.ndarray]) -> None:
+    """``folder/<task>.npy`` per task (bool, one entry per eval image): written into a temporary folder that is
+    renamed when every task is in it, so the folder is either complete or absent."""
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for task, values in sorted(correct.items()):
+        with open(tmp / f"{task}.npy", "wb") as handle:
+            np.save(handle, np.ascontiguousarray(values, dtype=bool), allow_pickle=False)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_per_image(folder: Path, records: dict[str, dict]) -> dict[str, np.ndarray] | None:
+    """The per-image correctness beside one student's results, checked against its ``acc1`` per task.
+
+    None when the folder is missing (a run from before per-image results were kept); a file that is missing,
+    not a 1-D bool array, or whose mean is not the recorded ``acc1`` (one float tie of the top-1 may flip) is
+    an error naming it.
+    """
+    if not folder.is_dir():
+        return None
+    correct = {}
+    for task, record in sorted(records.items()):
+        path = folder / f"{task}.npy"
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PluginError(f"{path}: cannot read the per-image results of task {task} ({exc})") from None
+        if values.dtype != bool or values.ndim != 1 or len(values) == 0:
+            raise PluginError(f"{path}: expected a non-empty 1-D bool array, got {values.dtype} {values.shape}")
+        acc1 = record.get("metrics", {}).get("acc1")
+        if isinstance(acc1, (int, float)) and abs(float(values.mean()) - acc1) > 1.0 / len(values) + 1e-9:
+            raise PluginError(f"{path}: {values.mean():.4f} of the images correct, but acc1 = {acc1:.4f} in "
+                              "eval_results.jsonl; the two come from different evaluations")
+        correct[task] = values
+    return correct

@@ -7,6 +7,7 @@ Layout under the runs folder (default ``OUT/runs``)::
     <baseline>/times.json          wall time of the filter and resharder stages
     <baseline>/seed<k>/run.json    the settings of this student (a rerun with other settings is refused)
     <baseline>/seed<k>/train/      open_clip_train's folder (checkpoints/epoch_latest.pt, out.log)
+    <baseline>/seed<k>/eval_per_image/<task>.npy   each eval image's top-1 correctness (the paired statistics)
     <baseline>/seed<k>/eval_results.jsonl   DataComp's results file, one line per task; written last
 
 A (baseline, seed) pair is done when its ``eval_results.jsonl`` exists; a rerun skips it. A pair killed while
@@ -44,6 +45,8 @@ from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open, sha256_file
 from datacomp_plugins.core.progress import disable as progress_disable
 
+# the controls of every default and quick run: the instrument's upper and lower references (claims.instrument)
+CONTROLS = ("oracle_30", "anti_clip_score_30")
 DEFAULT_BASELINES = (
     "no_filter",
     "random_30",
@@ -52,10 +55,11 @@ DEFAULT_BASELINES = (
     "negcliploss_normsiminf_target",
     "negcliploss_normsim2_target",
     "negcliploss_normsim_d",
+    *CONTROLS,
 )
-QUICK_BASELINES = ("no_filter", "clip_score_30", "negcliploss_30", "negcliploss_normsiminf_target")
+QUICK_BASELINES = ("no_filter", "clip_score_30", "negcliploss_30", "negcliploss_normsiminf_target", *CONTROLS)
 
-# baseline -> (recipe in baselines/, overrides of its [filter] table); None: made here from the pool's uids
+# baseline -> (recipe in baselines/, overrides of its [filter] table); None: made here (make_subset)
 RECIPES: dict[str, tuple[str, dict] | None] = {
     "no_filter": None,
     "random_30": None,
@@ -64,8 +68,15 @@ RECIPES: dict[str, tuple[str, dict] | None] = {
     "negcliploss_normsiminf_target": ("negcliploss_normsiminf_target", {}),
     "negcliploss_normsim2_target": ("negcliploss_normsiminf_target", {"name": "normsim2"}),
     "negcliploss_normsim_d": ("negcliploss_normsim2d", {}),
+    "oracle_30": None,
+    "anti_clip_score_30": None,
 }
 RANDOM_FRACTION = 0.3
+CONTROL_FRACTION = 0.3
+CONTROL_SEED = 0  # numpy.random.default_rng seed of random_30's and oracle_30's draws
+# the components whose samples carry the tasks' signal (docs/MINICOMP.md, "The controls"): a correct caption of
+# an on-task scene. Read from OUT/truth/, which no filter sees.
+ORACLE_COMPONENTS = ("clean", "near_duplicate")
 RESULTS_FILE = "eval_results.jsonl"
 RESHARD_SHARD_SIZE = 1024  # small output shards, so --dataset-resampled mixes many of them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -225,10 +236,15 @@ def make_subset(settings: RunSettings, baseline: str, save_path: Path) -> str:
         return f"{baseline}: {count} uids from {settings.subsets[baseline]}"
     spec = RECIPES[baseline]
     if spec is None:
-        uids = pool_uids(out)
-        if baseline == "random_30":
-            keep = int(np.floor(len(uids) * RANDOM_FRACTION))
-            uids = uids[np.sort(np.random.default_rng(0).choice(len(uids), keep, replace=False))]
+        if baseline == "oracle_30":
+            uids = oracle_uids(out)
+        elif baseline == "anti_clip_score_30":
+            uids = anti_clip_score_uids(out)
+        else:
+            uids = pool_uids(out)
+            if baseline == "random_30":
+                keep = int(np.floor(len(uids) * RANDOM_FRACTION))
+                uids = uids[np.sort(np.random.default_rng(CONTROL_SEED).choice(len(uids), keep, replace=False))]
         count = save_uid_file(str(save_path), uids)
         return f"{baseline}: kept {count} samples"
     name, overrides = spec
@@ -242,6 +258,64 @@ def make_subset(settings: RunSettings, baseline: str, save_path: Path) -> str:
         values["target"] = str(nested_target(out, settings.runs_dir))
     overrides = {**overrides, "cache_dir": str(settings.runs_dir / ".score-cache"), "progress": False}
     return recipes.run(recipe, str(out / "metadata"), str(save_path), values, overrides)
+
+
+def oracle_uids(out: Path, fraction: float = CONTROL_FRACTION, seed: int = CONTROL_SEED) -> np.ndarray:
+    """The upper control: floor(fraction * pool size) uids drawn uniformly without replacement (seeded) from the
+    samples whose component (``OUT/truth/``) is one of ``ORACLE_COMPONENTS``; sorted.
+
+    No filter can make this subset, since it reads the world's truth. Too few such samples for the fraction is
+    an error naming ``truth/`` and the counts.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from datacomp_plugins.core.uids import parse_hex, sorted_unique
+
+    folder = out / "truth"
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise PluginError(f"{folder}: no .parquet files; the oracle_30 control needs the world's truth "
+                          "(uid, component), written by 'minicomp build'")
+    parts = []
+    for path in files:
+        try:
+            table = pq.read_table(path, columns=["uid", "component"])
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise PluginError(f"{path}: cannot read columns uid and component ({exc})") from None
+        chosen = pc.is_in(table.column("component"), value_set=pa.array(ORACLE_COMPONENTS)).to_numpy(
+            zero_copy_only=False)
+        parts.append(parse_hex(table.column("uid"), str(path), "uid")[np.asarray(chosen, dtype=bool)])
+    candidates = sorted_unique(np.concatenate(parts))
+    pool = pool_uids(out)
+    keep = int(np.floor(len(pool) * fraction))
+    if len(candidates) < keep:
+        raise PluginError(f"{folder}: {len(candidates)} samples of components {', '.join(ORACLE_COMPONENTS)}, "
+                          f"fewer than the {keep} (= floor({fraction} x {len(pool)})) oracle_30 draws")
+    return candidates[np.sort(np.random.default_rng(seed).choice(len(candidates), keep, replace=False))]
+
+
+def anti_clip_score_uids(out: Path, fraction: float = CONTROL_FRACTION) -> np.ndarray:
+    """The lower control: the floor(fraction * pool size) samples of lowest CLIPScore, read by the package's
+    clip_score score (``clip_l14_similarity_score``: the L/14 teacher's image-text cosine similarity, the same
+    values clip_score_30 cuts from the top). Unscorable (NaN) samples are never kept; ties at the cut go to
+    smaller uids, so the file is the same whatever order the shards are read in. Sorted."""
+    from datacomp_plugins import scores
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.core.uids import sorted_unique
+    from datacomp_plugins.select.masks import first_occurrence, top_k_mask
+
+    pool = Pool(str(out / "metadata"))
+    spec = scores.get("clip_score")
+    uids, values = [], []
+    for shard in pool.shards:
+        uids.append(pool.read_uids(shard))
+        values.append(np.asarray(spec.exact_values(pool, shard, "l14"), dtype=np.float64))
+    all_uids, all_values = np.concatenate(uids), np.concatenate(values)
+    unique = first_occurrence(all_uids)
+    keep = int(np.floor(int(unique.sum()) * fraction))
+    return sorted_unique(all_uids[top_k_mask(-all_values, all_uids, keep, unique)])
 
 
 def reshard(datacomp: Path, shards: Path, uids: Path, output: Path, log_path: Path) -> int:
@@ -298,7 +372,10 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
         if recorded != json.loads(json.dumps(wanted)):
             raise PluginError(f"{folder}: was run with other settings ({run_json}); remove the folder or rerun "
                               "with the same flags")
+    per_image = folder / evaluate.PER_IMAGE_DIR
     if results.is_file():
+        if not per_image.is_dir():
+            _evaluate_again(settings, datacomp, folder, scale["model"], in_process)
         return json.loads(times_path.read_text()) if times_path.is_file() else {}
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(run_json, wanted)
@@ -314,14 +391,32 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
         student.register_model(config_path)
         checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
         tasks = evaluate.list_tasks(settings.out / "evalsets")
-        records = evaluate.evaluate_checkpoint(datacomp, scale["model"], checkpoint, settings.out / "evalsets",
-                                               tasks)
+        records, correct = evaluate.evaluate_per_image(datacomp, scale["model"], checkpoint,
+                                                       settings.out / "evalsets", tasks)
+        evaluate.save_per_image(per_image, correct)
         times["eval"] = time.perf_counter() - start
     _write_json(times_path, times)
     with atomic_open(str(results), "w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
     return times
+
+
+def _evaluate_again(settings: RunSettings, datacomp: Path, folder: Path, model: str,
+                    in_process: threading.Lock | None) -> None:
+    """A pair finished before per-image results were kept: evaluate its checkpoint again for them (the paired
+    statistics need them); its ``eval_results.jsonl`` stays as it is. Without the checkpoint nothing is done
+    and the report says the pair has no per-image results."""
+    from datacomp_plugins.apps.minicomp import evaluate, student
+
+    checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
+    if not checkpoint.is_file():
+        return
+    with in_process or contextlib.nullcontext():
+        student.register_model(settings.runs_dir / "model_configs" / f"{student.STUDENT_MODEL}.json")
+        tasks = evaluate.list_tasks(settings.out / "evalsets")
+        _, correct = evaluate.evaluate_per_image(datacomp, model, checkpoint, settings.out / "evalsets", tasks)
+        evaluate.save_per_image(folder / evaluate.PER_IMAGE_DIR, correct)
 
 
 def prepare(settings: RunSettings, datacomp: Path, baseline: str,

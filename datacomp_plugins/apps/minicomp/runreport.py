@@ -1,8 +1,10 @@
 """``OUT/report.md`` and ``OUT/report.png``: which filter wins on the mini world, by how much, and why.
 
 Per baseline: subset size, each task and the average (mean ± sd over seeds); the share of each world
-component it kept (from ``OUT/truth/``, which no filter reads); wall time per stage; the pre-registered claims
-judged by the rule in ``claims.py``. The results files are read with the ``report`` command's own reader.
+component it kept (from ``OUT/truth/``, which no filter reads); wall time per stage; the instrument (the
+build's gates, the controls, the minimum detectable effect); the pre-registered claims judged by the rule in
+``claims.py``, only when the controls are resolved. The results files are read with the ``report`` command's
+own reader; the paired statistics read each student's per-image results beside them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datacomp_plugins.apps.minicomp import claims
+from datacomp_plugins.apps.minicomp import claims, stats
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open
 
@@ -38,6 +40,28 @@ def read_scores(runs_dir: Path, names: list[str], seeds: list[int]) -> dict[str,
                 values[key] = float(value)
             scores.setdefault(name, {})[seed] = values
     return scores
+
+
+def read_per_image(runs_dir: Path, names: list[str], seeds: list[int]) -> tuple[claims.Results, list[str]]:
+    """subset -> seed -> task -> per-image top-1 correctness, for the pairs whose results and per-image files
+    exist; and the pairs (``name/seed<k>``) whose results lack per-image files (finished before they were kept)."""
+    from datacomp_plugins.apps.minicomp.evaluate import PER_IMAGE_DIR, load_per_image
+    from datacomp_plugins.apps.report import read_results
+
+    results: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    lacking = []
+    for name in names:
+        for seed in seeds:
+            folder = runs_dir / name / f"seed{seed}"
+            if not (folder / RESULTS_FILE).is_file():
+                continue
+            records, _ = read_results(folder / RESULTS_FILE)
+            correct = load_per_image(folder / PER_IMAGE_DIR, records)
+            if correct is None:
+                lacking.append(f"{name}/seed{seed}")
+            else:
+                results.setdefault(name, {})[seed] = correct
+    return results, lacking
 
 
 def averages(scores: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict[int, float]]:
@@ -98,9 +122,142 @@ def _times(runs_dir: Path, name: str, seeds: list[int]) -> dict[str, float]:
     return times
 
 
+def _interval(name: str, by_seed_avg: dict[int, float], per_image: claims.Results) -> tuple[float, float] | None:
+    """The 95% interval of a subset's average: t over seeds (n >= 2), else the bootstrap over eval images."""
+    values = [by_seed_avg[s] for s in sorted(by_seed_avg)]
+    mean, sd = claims.mean_sd(values)
+    if sd is not None:
+        half = stats.t_quantile(0.975, len(values) - 1) * sd / np.sqrt(len(values))
+        return mean - half, mean + half
+    if name in per_image and per_image[name]:
+        students = [per_image[name][s] for s in sorted(per_image[name])]
+        return stats.percentile_interval(stats.bootstrap(students))
+    return None
+
+
+def _num(value: float | None, fmt: str = "+.2f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _p(value: float | None) -> str:
+    return "" if value is None else ("< 0.0001" if value < 1e-4 else f"{value:.4f}")
+
+
+def _comparison_cells(c: claims.Comparison) -> str:
+    t_lower = c.t.lower if c.t else None
+    t_p = c.t.p if c.t else None
+    b_lower = c.boot.lower if c.boot else None
+    b_p = c.boot.p if c.boot else None
+    status = c.status + (f" ({c.why})" if c.why else "")
+    exceeds = "" if c.exceeds_min_effect is None else ("yes" if c.exceeds_min_effect else "no")
+    return (f"{c.better} vs {c.worse} | {c.n} | {_num(c.mean)} | {_num(t_lower)} | {_p(t_p)} | {_num(b_lower)} | "
+            f"{_p(b_p)} | {status} | {exceeds}")
+
+
+COMPARISON_HEAD = ("comparison | n | mean diff | 95% lower (t) | p (t) | 95% lower (bootstrap) | p (bootstrap) | "
+                   f"at α = {stats.ALPHA} | lower > {stats.MIN_EFFECT:g}")
+
+
+def gate_lines(out: Path) -> list[str]:
+    """The build's gate table (``MANIFEST.json["gates"]``) as markdown."""
+    path = out / "MANIFEST.json"
+    try:
+        gates = json.loads(path.read_text()).get("gates")
+    except (OSError, ValueError, AttributeError):
+        gates = None
+    if not isinstance(gates, list) or not gates:
+        return [f"`{path}` lists no gates."]
+    lines = ["| gate | value | threshold | result | detail |", "|---|---:|---|---|---|"]
+    failed = 0
+    for g in gates:
+        try:
+            value = g["value"]
+            cell = f"{value:.3f}" if isinstance(value, float) else str(value)
+            passed = bool(g["passed"])
+            lines.append(f"| {g['name']} | {cell} | {g['op']} {g['threshold']} | {'pass' if passed else '**FAIL**'} "
+                         f"| {str(g.get('detail', '')).replace('|', '/')} |")
+        except (KeyError, TypeError):
+            raise PluginError(f"{path}: a gate without name, value, op, threshold and passed: {g!r:.120}") from None
+        failed += not passed
+    lines += ["", f"{len(gates) - failed} of {len(gates)} gates pass."]
+    return lines
+
+
+def instrument_lines(out: Path, per_image: claims.Results, lacking: list[str],
+                     scores: dict[str, dict[int, dict[str, float]]]) -> tuple[list[str], claims.Instrument]:
+    """The instrument section: gates, the controls' chain under the decision rule, the resolution (MDE)."""
+    verdict = claims.instrument(per_image)
+    lines = ["## Instrument", "", "### The build's gates", "", *gate_lines(out), "",
+             "### The controls", "",
+             f"`{claims.ORACLE}` (30% drawn from the components that carry the tasks' signal, read from `truth/`) "
+             f"above `{claims.RANDOM}` above `{claims.ANTI}` (the bottom 30% by CLIPScore), each link a one-sided "
+             f"test at α = {stats.ALPHA} (docs/MINICOMP.md, \"Pre-registration for the next runs\"). Differences "
+             "of the task average in points.", ""]
+    if lacking:
+        lines += [f"No per-image results for {', '.join(lacking)} (finished before they were kept; rerun "
+                  "`minicomp run` to evaluate those students again): they are left out of the paired tests.", ""]
+    if verdict.comparisons:
+        lines += ["| " + COMPARISON_HEAD + " |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        lines += [f"| {_comparison_cells(c)} |" for c in verdict.comparisons]
+        lines.append("")
+    if verdict.resolved:
+        lines.append(f"**Resolved**: {verdict.why}.")
+    else:
+        lines.append(f"**The instrument failed**: {verdict.why}. No claim is judged.")
+    lines += ["", "### Resolution", ""]
+    sd, pairs = claims.pooled_paired_sd(per_image)
+    seeds = max((len(by_seed) for by_seed in per_image.values()), default=0)
+    if sd is None:
+        lines.append("One seed: no spread over seeds, so no minimum detectable effect over seeds.")
+    else:
+        mde = stats.minimum_detectable_effect(sd, seeds)
+        needed = stats.seeds_needed(sd)
+        lines.append(
+            f"Paired spread over seeds, pooled over {pairs} pairs of subsets: s = {sd:.2f} points. Minimum "
+            f"detectable effect of the one-sided paired t-test at α = {stats.ALPHA} and {stats.POWER:.0%} power "
+            f"with n = {seeds} seeds, (t_{{1−α, n−1}} + t_{{power, n−1}}) · s / √n: **{mde:.2f} points**; seeds for "
+            f"an MDE of at most the minimum effect ({stats.MIN_EFFECT:g} point): "
+            + (f"{needed}." if needed else "more than 200."))
+    images = _eval_sizes(per_image)
+    if images and "no_filter" in scores:
+        accs = {t: float(np.mean([v[t] for v in scores["no_filter"].values()])) for t in images}
+        se = stats.eval_standard_error(accs, images)
+        lines += ["", f"Eval sets: {', '.join(f'{t} {n}' for t, n in sorted(images.items()))} images; the binomial "
+                  f"SE of one student's task average at no_filter's accuracies is {se:.2f} points."]
+    return lines, verdict
+
+
+def _eval_sizes(per_image: claims.Results) -> dict[str, int]:
+    for by_seed in per_image.values():
+        for correct in by_seed.values():
+            return {t: len(v) for t, v in correct.items()}
+    return {}
+
+
+def claim_lines(per_image: claims.Results, verdict: claims.Instrument) -> list[str]:
+    """The pre-registered claims under the decision rule, or why none is judged."""
+    lines = ["## Pre-registered claims", ""]
+    if not verdict.resolved:
+        return lines + ["Not judged: the instrument failed (the controls are not resolved), so an unresolved "
+                        "claim could not be told from a broken benchmark."]
+    lines += [f"Each comparison: one-sided paired t-test over seeds and paired bootstrap over seeds and eval images "
+              f"(p = the larger of the two), at α = {stats.ALPHA}; a claim's p is the largest of its comparisons'; "
+              f"Holm over the claims; minimum effect of interest {stats.MIN_EFFECT:g} point (docs/MINICOMP.md). "
+              "Differences in points.", "",
+              "| claim | outcome | claim p | Holm p | " + COMPARISON_HEAD + " |",
+              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for v in claims.judge(per_image):
+        for i, c in enumerate(v.comparisons):
+            head = (f"{v.number}. {v.text} | **{v.overall}** | {_p(v.p)} | {_p(v.p_holm)}" if i == 0
+                    else " |  |  | ")
+            lines.append(f"| {head} | {_comparison_cells(c)} |")
+    return lines
+
+
 def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tuple[str, dict]:
     """The report's markdown and the data of its figure."""
     scores = read_scores(runs_dir, names, seeds)
+    per_image, lacking = read_per_image(runs_dir, names, seeds)
     avg = averages(scores)
     tasks = sorted({t for by_seed in scores.values() for values in by_seed.values() for t in values})
     lines = ["# Mini DataComp report", "",
@@ -110,7 +267,7 @@ def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tup
              "## Results", "",
              "| baseline | subset size | seeds | " + " | ".join(tasks) + " | average |",
              "|---|---:|---:|" + "---:|" * len(tasks) + "---:|"]
-    figure = {"names": [], "mean": [], "sd": [], "seeds": []}
+    figure: dict = {"names": [], "mean": [], "low": [], "high": [], "seeds": []}
     for name in names:
         if name not in scores:
             lines.append(f"| {name} | {_subset_size(runs_dir, name) or ''} | 0 | " + " | " * len(tasks) + " |")
@@ -121,9 +278,11 @@ def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tup
             values = [100.0 * v[task] for v in by_seed.values() if task in v]
             cells.append(_pm(*claims.mean_sd(values)) if values else "")
         mean, sd = claims.mean_sd(list(avg[name].values()))
+        interval = _interval(name, avg[name], per_image)
         figure["names"].append(name)
         figure["mean"].append(mean)
-        figure["sd"].append(sd or 0.0)
+        figure["low"].append(mean if interval is None else min(mean, interval[0]))
+        figure["high"].append(mean if interval is None else max(mean, interval[1]))
         figure["seeds"].append(len(by_seed))
         lines.append(f"| {name} | {_subset_size(runs_dir, name)} | {len(by_seed)} | " + " | ".join(cells)
                      + f" | {_pm(mean, sd)} |")
@@ -145,33 +304,25 @@ def render(out: Path, runs_dir: Path, names: list[str], seeds: list[int]) -> tup
     for name in names:
         times = _times(runs_dir, name, seeds)
         lines.append(f"| {name} | " + " | ".join(f"{times[s]:.0f}" if s in times else "" for s in stages) + " |")
-    lines += ["", "## Pre-registered claims", "",
-              "A claim holds when the mean paired difference of the average over seeds exceeds twice its "
-              "standard error (docs/MINICOMP.md). Differences in accuracy points.", "",
-              "| claim | outcome | comparison | n | mean diff | SE | margin (mean − 2 SE) |",
-              "|---|---|---|---:|---:|---:|---:|"]
-    for number, text, overall, comparisons in claims.judge(avg):
-        for i, c in enumerate(comparisons):
-            head = f"{number}. {text} | **{overall}**" if i == 0 else " | "
-            mean = "" if c.mean is None else f"{c.mean:+.2f}"
-            se = "" if c.se is None else f"{c.se:.2f}"
-            margin = "" if c.margin is None else f"{c.margin:+.2f}"
-            status = c.status + (f" ({c.why})" if c.why else "")
-            lines.append(f"| {head} | {c.better} vs {c.worse}: {status} | {c.n} | {mean} | {se} | {margin} |")
+    section, verdict = instrument_lines(out, per_image, lacking, scores)
+    lines += ["", *section, "", *claim_lines(per_image, verdict)]
     return "\n".join(lines) + "\n", figure
 
 
 def figure_title(seeds: list[int]) -> str:
-    """The accuracy chart's title, true to the seeds each bar averages: a one-seed run has no spread."""
+    """The accuracy chart's title, true to what each bar's interval measures: the spread over seeds (t interval)
+    with two seeds or more, the eval images alone (bootstrap) with one."""
     counts = sorted(set(seeds))
     if not counts or counts == [1]:
-        return "students per subset (one seed each: no spread)"
+        return "students per subset (one seed: 95% bootstrap interval over eval images)"
+    if counts[0] == 1:
+        return "students per subset (mean, 95% interval: t over seeds, or eval images for one seed)"
     spread = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    return f"students per subset (mean ± sd over {spread} seeds)"
+    return f"students per subset (mean and 95% t interval over {spread} seeds)"
 
 
 def render_png(figure: dict) -> bytes:
-    """Average accuracy per baseline (mean ± sd) and the component shares kept, side by side."""
+    """Average accuracy per baseline (mean and 95% interval) and the component shares kept, side by side."""
     import io
 
     import matplotlib
@@ -182,7 +333,9 @@ def render_png(figure: dict) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), dpi=100)
     names = figure["names"]
     y = np.arange(len(names))
-    axes[0].barh(y, figure["mean"], xerr=figure["sd"], color="#4c72b0", capsize=3)
+    mean = np.asarray(figure["mean"], dtype=float)
+    error = np.vstack([mean - np.asarray(figure["low"], dtype=float), np.asarray(figure["high"], dtype=float) - mean])
+    axes[0].barh(y, mean, xerr=error if len(names) else None, color="#4c72b0", capsize=3)
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
     axes[0].set_xlabel("average zero-shot top-1 (%)")
