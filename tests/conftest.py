@@ -1,4 +1,13 @@
-"""Shared helpers: small pools in DataComp's layout, built from arrays the test chooses."""
+"""Shared helpers: small pools in DataComp's layout, built from arrays the test chooses.
+
+The tests mirror the package: tests/core/ guards datacomp_plugins/core/, tests/scores/ the scores, and a test of
+a top-level module (pipeline.py, config.py, cli.py) sits in tests/ itself. A file is named after the module it
+guards (``test_<module>.py`` or ``test_<module>_<what>.py``), which is how tools/mutate.py finds a module's tests.
+Files ending in ``_adversarial.py`` attack their module with hostile input, and carry the ``adversarial`` marker.
+Test files need unique basenames across folders (the folders are not packages, so pytest's default import mode
+puts each folder on sys.path); helper modules (conftest, imagepool, s3server, browser, negcliploss_brute,
+uidvalues) live here in tests/ and are imported by name from any folder.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,13 @@ from datacomp_plugins import runtime
 # as the command line does before torch is loaded: test modules importing torch and the package's math (thread
 # counts, huge pages) then run under the same settings as a real run
 runtime.configure()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test in a ``*_adversarial.py`` file is marked ``adversarial`` (``pytest -m adversarial``)."""
+    for item in items:
+        if item.path.name.endswith("_adversarial.py"):
+            item.add_marker(pytest.mark.adversarial)
 
 
 def random_hex_uids(n: int, seed: int = 0) -> list[str]:

@@ -1,11 +1,10 @@
-"""Inputs that were read wrongly or ended in a traceback: uid columns, score columns, targets, reports, and an
+"""Inputs that were read wrongly or ended in a traceback: uid columns, score columns, targets, and an
 output path that is one of the run's inputs. Each case: exit status 2, a message naming the file/column/row
 and what was expected, no traceback, no output left behind (or, for a documented policy, the policy checked
 against an independent computation)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -16,10 +15,9 @@ from conftest import expect_exit_2, make_pool, random_hex_uids, unit_rows, write
 
 from datacomp_plugins.cli import main
 
-# --------------------------------------------------------------------------------------------- uid columns
-
 GOOD = random_hex_uids(4, seed=3)
-# column values (first row bad unless said otherwise) -> (row named in the message, fragment)
+
+
 BAD_UID_COLUMNS = {
     "int": ([7, 8, 9, 10], "int64"),
     "float": ([1.5, 2.5, 3.5, 4.5], "double"),
@@ -34,6 +32,36 @@ BAD_UID_COLUMNS = {
 }
 
 
+def _pool_with_clip_column(tmp_path, values) -> str:
+    rng = np.random.default_rng(1)
+    n = len(values)
+    write_shard(str(tmp_path / "pool"), "s", random_hex_uids(n, seed=4),
+                {"l14_img": unit_rows(rng, n, 768), "l14_txt": unit_rows(rng, n, 768)},
+                extra_columns={"clip_l14_similarity_score": values})
+    return str(tmp_path / "pool")
+
+
+def _target(tmp_path, array, name="target.npy"):
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+def _normsim(tmp_path, target, out):
+    return ["filter", "--no_progress", "--name", "normsiminf", "--metadata_dir", str(tmp_path / "pool"),
+            "--fraction", "1.0", "--normsim_fraction", "0.25", "--target", str(target), "--save_path", str(out)]
+
+
+def _inputs(tmp_path):
+    written = make_pool(str(tmp_path / "pool"), [10])
+    hexes = written["00000000"]["uids"]
+    given = tmp_path / "given.npy"
+    np.save(given, np.array(sorted(divmod(int(h, 16), 2**64) for h in hexes[:6]), dtype="u8,u8"))
+    pq.write_table(pa.table({"uid": hexes, "s": np.arange(10.0)}), tmp_path / "ext.parquet")
+    target = _target(tmp_path, unit_rows(np.random.default_rng(7), 3, 768))
+    return given, tmp_path / "ext.parquet", target
+
+
 @pytest.mark.parametrize("case", sorted(BAD_UID_COLUMNS))
 def test_uid_column_that_is_not_32_hex_characters_is_refused(tmp_path, cache_dir, capsys, case):
     values, fragment = BAD_UID_COLUMNS[case]
@@ -45,36 +73,6 @@ def test_uid_column_that_is_not_32_hex_characters_is_refused(tmp_path, cache_dir
                            str(tmp_path / "pool"), "--fraction", "0.5", "--save_path", str(out)],
                   out, str(tmp_path / "pool" / "s.parquet"), "column 'uid'", fragment,
                   "32-character hex string")
-
-
-def test_from_hex_strips_whitespace_and_matches_divmod(tmp_path, capsys):
-    uids = random_hex_uids(6, seed=8)
-    source = tmp_path / "uids.txt"
-    source.write_text(f"  {uids[0]}\t\n{uids[1].upper()}\r\n\n   \n{uids[2]}   \n" + "\n".join(uids[3:]) + "\n")
-    out = tmp_path / "out.npy"
-    assert main(["uids", "from-hex", str(source), "-o", str(out)]) == 0
-    assert np.load(out).tolist() == sorted(divmod(int(h, 16), 2**64) for h in uids)
-
-
-@pytest.mark.parametrize("bad", ["1f", "0x" + "a" * 30, "a" * 16 + " " + "b" * 16, "a" * 31, "a" * 33, "+" + "a" * 31])
-def test_from_hex_refuses_anything_but_32_hex_digits(tmp_path, capsys, bad):
-    uids = random_hex_uids(3, seed=9)
-    source = tmp_path / "uids.txt"
-    source.write_text("\n".join([uids[0], uids[1], f" {bad} ", uids[2]]) + "\n")
-    out = tmp_path / "out.npy"
-    expect_exit_2(capsys, ["uids", "from-hex", str(source), "-o", str(out)], out,
-                  f"{source} line 3: malformed uid", "32 hex digits")
-
-
-# ------------------------------------------------------------------------------------------ score columns
-
-def _pool_with_clip_column(tmp_path, values) -> str:
-    rng = np.random.default_rng(1)
-    n = len(values)
-    write_shard(str(tmp_path / "pool"), "s", random_hex_uids(n, seed=4),
-                {"l14_img": unit_rows(rng, n, 768), "l14_txt": unit_rows(rng, n, 768)},
-                extra_columns={"clip_l14_similarity_score": values})
-    return str(tmp_path / "pool")
 
 
 @pytest.mark.parametrize("name", ["clip_score", "normsim2"])
@@ -117,19 +115,6 @@ def test_external_scores_that_are_not_finite_are_refused(tmp_path, cache_dir, ca
     assert (shown == "null" and "null" in err) or shown in err
 
 
-# ---------------------------------------------------------------------------------------------- targets
-
-def _target(tmp_path, array, name="target.npy"):
-    path = tmp_path / name
-    np.save(path, array)
-    return path
-
-
-def _normsim(tmp_path, target, out):
-    return ["filter", "--no_progress", "--name", "normsiminf", "--metadata_dir", str(tmp_path / "pool"),
-            "--fraction", "1.0", "--normsim_fraction", "0.25", "--target", str(target), "--save_path", str(out)]
-
-
 @pytest.mark.parametrize("scale", [1e200, 1e-200])
 def test_float64_target_of_any_magnitude_selects_as_its_direction(tmp_path, cache_dir, capsys, scale):
     """Policy: only directions matter, so a float64 target scaled by 1e200 (its squares overflow) or 1e-200
@@ -155,56 +140,6 @@ def test_empty_target_file_in_a_folder_is_refused(tmp_path, cache_dir, capsys):
     out = tmp_path / "out.npy"
     expect_exit_2(capsys, _normsim(tmp_path, folder, out), out, str(folder / "b.npy"), "0 rows",
                   "at least one image embedding")
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-def _results(tmp_path, lines: list[str]) -> str:
-    run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
-    (run / "eval_results.jsonl").write_text("\n".join(lines) + "\n")
-    return str(run)
-
-
-GOOD_LINE = json.dumps({"key": "imagenet1k", "metrics": {"main_metric": 0.5}})
-
-
-@pytest.mark.parametrize("line,fragment", [
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ('{"key": "vtab/cifar10", "metrics": {"main_metric": ' + "1" * 5000 + "}}", "unreadable JSON value"),
-])
-def test_report_unreadable_json_line_names_file_and_line(tmp_path, capsys, line, fragment):
-    run = _results(tmp_path, [GOOD_LINE, line])
-    expect_exit_2(capsys, ["report", run, "--partial", "--out", str(tmp_path / "out")], tmp_path / "out",
-                  f"{run}/eval_results.jsonl:2:", fragment)
-
-
-def test_report_huge_integer_metric_is_refused(tmp_path, capsys):
-    line = '{"key": "imagenet1k", "metrics": {"main_metric": ' + "1" * 400 + "}}"
-    run = _results(tmp_path, [GOOD_LINE, line])
-    expect_exit_2(capsys, ["report", run, "--partial"], None, "eval_results.jsonl:2", "expected a number in [0, 1]")
-
-
-def test_report_is_written_whole_or_not_at_all(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
-    run = _results(tmp_path, [GOOD_LINE])
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "report.png").mkdir()  # the last file cannot be renamed into place
-    expect_exit_2(capsys, ["report", run, "--partial", "--out", str(out)], None, f"--out {out}", "nothing written")
-    assert sorted(os.listdir(out)) == ["report.png"]  # no report.md/.csv from a failed run, no temporaries
-
-
-# ------------------------------------------------------------------------------- --save_path is an input
-
-def _inputs(tmp_path):
-    written = make_pool(str(tmp_path / "pool"), [10])
-    hexes = written["00000000"]["uids"]
-    given = tmp_path / "given.npy"
-    np.save(given, np.array(sorted(divmod(int(h, 16), 2**64) for h in hexes[:6]), dtype="u8,u8"))
-    pq.write_table(pa.table({"uid": hexes, "s": np.arange(10.0)}), tmp_path / "ext.parquet")
-    target = _target(tmp_path, unit_rows(np.random.default_rng(7), 3, 768))
-    return given, tmp_path / "ext.parquet", target
 
 
 @pytest.mark.parametrize("which", ["parquet", "npz", "given", "external", "target", "target via symlink"])

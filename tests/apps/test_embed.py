@@ -23,7 +23,7 @@ Image = pytest.importorskip("PIL.Image")
 from datacomp_plugins.cli import main  # noqa: E402
 
 TINY = "tiny-test-clip"
-TINY_CONFIG = str(Path(__file__).parent / "data" / f"{TINY}.json")
+TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "data" / f"{TINY}.json")
 
 # Relative paths of the generated images; sorted order is the order rows must come out in.
 IMAGE_NAMES = ["a.png", "b.jpg", "sub/c.png", "sub/deeper/d.png", "z.jpeg"]

@@ -26,7 +26,7 @@ from datacomp_plugins.commands.filter import add_plugin_arguments
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.filtering import BASELINES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HUNK = re.compile(r"@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@")
 # DataComp 4a8df19 baselines.py: its --name values and its flags (the plugin's flags must not collide with them)
 DATACOMP_NAMES = {"no_filter", "basic_filter", "text_based", "image_based", "image_based_intersect_clip_score",

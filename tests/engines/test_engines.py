@@ -15,7 +15,7 @@ from conftest import expect_exit_2, make_pool
 from datacomp_plugins import engines
 from datacomp_plugins.core.errors import PluginError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # An engine as another package would ship it: scores in this process, last shard first (so results arrive
 # out of shard order), and records which shards it was handed.

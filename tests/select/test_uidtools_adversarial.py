@@ -1,60 +1,30 @@
 """uid files that are sorted but hold a repeat (how a list makes the resharder upsample a sample).
 
 Every reader, set operation and writer is checked against Python sets, down to a two-element file [a, a],
-and must say what it did (a warning naming the file and the repeats dropped).
-"""
+and must say what it did (a warning naming the file and the repeats dropped)."""
 
 from __future__ import annotations
 
 import bisect
-import math
 import random
-import warnings
 
 import numpy as np
 import pytest
 from conftest import make_pool
+from uidvalues import A, B, C, arr, ints, repeated_sorted, save_raw
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.uids import (
-    UID_DTYPE,
     dedup_sorted,
     is_sorted_unique,
     load_uid_file,
     read_uid_file,
-    save_uid_file,
     sort_uids,
     sorted_unique,
 )
-from datacomp_plugins.select import hexfiles, uidtools
 from datacomp_plugins.select import masks as select
-
-LOW = 2**64
-A, B, C = 5 * LOW + 9, 5 * LOW + 11, 7 * LOW  # A and B share a high half
-
-
-def arr(values) -> np.ndarray:
-    return np.array([divmod(v, LOW) for v in values], dtype=UID_DTYPE)
-
-
-def ints(uids: np.ndarray) -> list[int]:
-    return [int(hi) * LOW + int(lo) for hi, lo in np.asarray(uids).tolist()]
-
-
-def save_raw(path, values) -> str:
-    np.save(path, arr(values))
-    return str(path)
-
-
-def repeated_sorted(rng: random.Random, n: int) -> list[int]:
-    """Sorted values with repeats (some runs of 3), sharing high halves, incl. the extremes."""
-    base = [rng.choice([rng.getrandbits(128), rng.getrandbits(2) * LOW + rng.getrandbits(2), 2**128 - 1, 0])
-            for _ in range(n)]
-    return sorted(base + rng.sample(base, max(1, n // 3)) + rng.sample(base, max(1, n // 5)))
-
-
-# --- the two-element file ---------------------------------------------------------------------------------
+from datacomp_plugins.select import uidtools
 
 
 def test_two_element_file_with_a_repeat_through_every_reader(tmp_path, capsys):
@@ -114,18 +84,6 @@ def test_two_element_arrays_through_the_library():
     assert select.index_in(arr([B, A]), arr([C, A, A])).tolist() == [-1, 1]
 
 
-def test_writer_of_a_repeat_writes_it_once(tmp_path):
-    assert save_uid_file(str(tmp_path / "s.npy"), arr([A, A])) == 1
-    assert ints(np.load(tmp_path / "s.npy")) == [A]
-    told: list[str] = []
-    hexfiles.write_hex(str(tmp_path / "h.txt"), arr([B, B, C]), told.append)
-    assert (tmp_path / "h.txt").read_text() == f"{B:032x}\n{C:032x}\n"
-    assert len(told) == 1 and "1 duplicates" in told[0]
-
-
-# --- larger sorted files with repeats, against Python sets -------------------------------------------------
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_set_operations_on_sorted_arrays_with_repeats_match_sets(seed):
     rng = random.Random(seed)
@@ -175,44 +133,6 @@ def test_locate_with_repeated_queries_matches_bisect(seed):
     assert found.tolist() == [q in set(index) for q in queries]
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_sort_and_dedup_keep_every_distinct_uid_once(seed):
-    rng = random.Random(300 + seed)
-    values = repeated_sorted(rng, 60)
-    shuffled = values[:]
-    rng.shuffle(shuffled)
-    assert ints(sort_uids(arr(shuffled))) == values
-    assert ints(dedup_sorted(arr(values))) == sorted(set(values))
-    assert ints(sorted_unique(arr(shuffled))) == sorted(set(values))
-    assert uidtools.check_order(arr(values)) == uidtools.OrderCheck(len(values), 0, len(values) - len(set(values)))
-
-
-# --- the filter and the pool ------------------------------------------------------------------------------
-
-
-def test_given_uids_file_with_repeats_restricts_once_and_says_so(tmp_path, cache_dir, capsys):
-    written = make_pool(str(tmp_path / "pool"), [20, 20])
-    hexes = [h for s in written.values() for h in s["uids"]]
-    clip = np.concatenate([(s["l14_img"].astype(np.float32) * s["l14_txt"].astype(np.float32)).sum(1)
-                           for s in written.values()])
-    chosen = list(range(0, 40, 3))  # 14 samples
-    values = sorted([int(hexes[i], 16) for i in chosen] + [int(hexes[i], 16) for i in chosen[:5]])
-    path = save_raw(tmp_path / "given.npy", values)
-    out = tmp_path / "out.npy"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"),
-                     "--save_path", str(out), "--fraction", "0.5", "--given_uids", path]) == 0
-    messages = [str(w.message) for w in caught]
-    assert any(f"{path}: uids were not sorted and unique" in m and "(19 uids, 5 duplicates dropped)" in m
-               for m in messages), messages
-    text = capsys.readouterr().out
-    assert f"{path}: 14 uids, 0 not in the pool" in text and "of 14 samples" in text
-    # --name clip_score follows DataComp's rule: the floor(N*F)+1 best (no ties here)
-    want = sorted(chosen, key=lambda i: (-clip[i], int(hexes[i], 16)))[: math.floor(14 * 0.5) + 1]
-    assert ints(np.load(out)) == sorted(int(hexes[i], 16) for i in want)
-
-
 def test_info_counts_a_repeated_uid_once_against_the_pool(tmp_path, capsys):
     written = make_pool(str(tmp_path / "pool"), [6])
     hexes = written["00000000"]["uids"]
@@ -224,61 +144,6 @@ def test_info_counts_a_repeated_uid_once_against_the_pool(tmp_path, capsys):
     assert "file uids in pool: 2 of 2" in out and "pool rows in file: 2 of 6" in out
 
 
-def test_pool_with_a_repeated_uid_selects_it_once(tmp_path, cache_dir, capsys):
-    """A pool listing one uid in two shards (a two-row repeat) keeps its first copy only."""
-    from conftest import unit_rows, write_shard
-
-    rng = np.random.default_rng(9)
-    img = unit_rows(rng, 2, 768)
-    arrays = {"l14_img": img.astype(np.float16), "l14_txt": img.astype(np.float16)}
-    write_shard(str(tmp_path / "pool"), "00000000", [f"{A:032x}"], {k: v[:1] for k, v in arrays.items()})
-    write_shard(str(tmp_path / "pool"), "00000001", [f"{A:032x}"], {k: v[1:] for k, v in arrays.items()})
-    out = tmp_path / "out.npy"
-    assert main(["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"),
-                 "--save_path", str(out), "--fraction", "1"]) == 0
-    assert ints(np.load(out)) == [A]
-    assert "1 duplicate uids counted once" in capsys.readouterr().out
-
-
-# --- one-element and empty inputs -------------------------------------------------------------------------
-
-
-def test_lookups_with_one_uid_and_with_none():
-    one, empty = arr([A]), arr([])
-    assert select.isin(one, one).tolist() == [True]
-    assert select.isin(one, arr([B])).tolist() == [False]
-    assert select.isin(one, empty).tolist() == [False] and select.isin(empty, one).tolist() == []
-    assert select.index_in(one, one).tolist() == [0]
-    assert select.index_in(one, arr([B, A])).tolist() == [1]
-    assert select.index_in(arr([A, B]), empty).tolist() == [-1, -1]
-    assert select.index_in(empty, one).tolist() == []
-
-
-def test_first_occurrence_with_several_repeated_uids():
-    uids = arr([A, B, A, B, C, A])
-    assert select.first_occurrence(uids).tolist() == [True, True, False, False, True, False]
-    assert select.first_occurrence(arr([B, A, A, B])).tolist() == [True, True, False, False]
-    assert select.first_occurrence(arr([A])).tolist() == [True]
-
-
-def test_empty_uid_arrays_are_written_as_empty_files(tmp_path):
-    assert len(sort_uids(arr([]))) == 0 and len(sorted_unique(arr([]))) == 0
-    assert save_uid_file(str(tmp_path / "e.npy"), arr([])) == 0
-    assert np.load(tmp_path / "e.npy").dtype == UID_DTYPE and len(np.load(tmp_path / "e.npy")) == 0
-    assert is_sorted_unique(arr([])) and is_sorted_unique(arr([A]))
-
-
-def test_uid_arrays_with_other_field_names_are_read_as_uids(tmp_path):
-    other = np.array([(5, 9), (5, 9), (1, 2)], dtype=[("hi", "<u8"), ("lo", "<u8")])
-    assert save_uid_file(str(tmp_path / "o.npy"), other) == 2
-    assert ints(np.load(tmp_path / "o.npy")) == [1 * LOW + 2, A]
-    np.save(tmp_path / "o2.npy", other)
-    with pytest.warns(UserWarning, match="1 duplicates dropped"):
-        assert ints(load_uid_file(str(tmp_path / "o2.npy"))) == [1 * LOW + 2, A]
-    with pytest.raises(PluginError, match="expected a 1-D uid array"):
-        save_uid_file(str(tmp_path / "b.npy"), other.astype([("hi", ">u8"), ("lo", ">u8")]))
-
-
 def test_pool_overlap_of_an_array_with_repeats_counts_distinct_uids(tmp_path):
     from datacomp_plugins.core.pool import Pool
 
@@ -287,14 +152,3 @@ def test_pool_overlap_of_an_array_with_repeats_counts_distinct_uids(tmp_path):
     values = sorted([int(hexes[0], 16)] * 3 + [int(hexes[2], 16)] + [A] * 2)
     overlap = uidtools.pool_overlap(arr(values), Pool(str(tmp_path / "pool")))
     assert (overlap.pool_rows, overlap.pool_rows_in_file, overlap.file_uids_in_pool) == (5, 2, 2)
-
-
-def test_no_hex_uids_at_all(tmp_path, capsys):
-    from datacomp_plugins.core.uids import parse_hex
-
-    for empty in ([], np.array([], dtype=object)):
-        parsed = parse_hex(empty)
-        assert parsed.dtype == UID_DTYPE and len(parsed) == 0
-    (tmp_path / "blank.txt").write_text("\n  \n")
-    assert main(["uids", "from-hex", str(tmp_path / "blank.txt"), "-o", str(tmp_path / "e.npy")]) == 0
-    assert len(np.load(tmp_path / "e.npy")) == 0 and "0 uids" in capsys.readouterr().out

@@ -24,7 +24,7 @@ import pytest
 from datacomp_plugins.apps.minicomp import claims
 from datacomp_plugins.cli import main as cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 needs_datacomp = pytest.mark.skipif(not os.environ.get("DATACOMP_DIR"), reason="DATACOMP_DIR is not set")
 
 
