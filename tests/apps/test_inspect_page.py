@@ -479,12 +479,12 @@ def test_browser_harness_sees_broken_images_and_console_messages(chromium, tmp_p
     """The checks below can fail: a page with an undecodable image and a console message is caught."""
     from browser import dump_dom
 
-    from datacomp_plugins.apps.inspect_page import SCRIPT
+    from datacomp_plugins.apps.inspect_page import page_template
 
     bad = tmp_path / "bad.html"
-    bad.write_text(f'<!DOCTYPE html><html><head>{SCRIPT}</head><body><img data-uid="x" '
-                   'src="data:image/jpeg;base64,AAAA"><pre id="selfcheck"></pre>'
-                   '<script>console.error("boom")</script></body></html>')
+    bad.write_text(page_template().substitute(
+        title="bad", notes="", body='<img data-uid="x" src="data:image/jpeg;base64,AAAA">'
+                                    '<script>console.error("boom")</script>'))
     dom, console = dump_dom(chromium, bad)
     from browser import self_check
 

@@ -13,16 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from datacomp_plugins.apps.minicomp import claims
+from datacomp_plugins.apps.report import RESULTS_FILE, read_results
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open
-
-RESULTS_FILE = "eval_results.jsonl"
 
 
 def read_scores(runs_dir: Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
     """baseline -> seed -> task -> main metric, for the pairs whose results exist."""
-    from datacomp_plugins.apps.report import read_results
-
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for name in names:
         for seed in seeds:
