@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datacomp_plugins.apps.compare import compare, default_entries, render
+from datacomp_plugins.apps.demo_table import default_entries, kept_by_kind, render
 from datacomp_plugins.apps.toy import KINDS, write_toy_pool
 from datacomp_plugins.cli import main
 
 
 def test_compare_counts_are_consistent(tmp_path):
     write_toy_pool(str(tmp_path), shards=2, rows=2500)
-    rows, totals, relevant = compare(str(tmp_path), default_entries(str(tmp_path), 0.3, 0.2))
+    rows, totals, relevant = kept_by_kind(str(tmp_path), default_entries(str(tmp_path), 0.3, 0.2))
     n = sum(totals.values())
     assert [r.label.split()[0] for r in rows] == ["clip_score", "negcliploss", "normsiminf", "normsim2",
                                                    "normsim_d"]

@@ -1,4 +1,6 @@
-"""Run several baselines on the example pool and count what each kept of every planted kind.
+"""The demo's table: run several baselines on the example pool and count what each kept of every planted kind.
+
+(``uids compare``, in apps/subsets.py, is the other comparison: of any uid files, without labels.)
 
 This is the demo and the baseline comparison CI runs: on the toy pool the labels are known, so the table
 shows *why* a method differs (negCLIPLoss drops generic captions that CLIPScore keeps; NormSim with the
@@ -51,7 +53,7 @@ class Row:
     seconds: float
 
 
-def compare(out: str, entries: list[Entry], rebuild: bool = False) -> tuple[list[Row], dict[str, int], int]:
+def kept_by_kind(out: str, entries: list[Entry], rebuild: bool = False) -> tuple[list[Row], dict[str, int], int]:
     """Build the toy pool under ``out`` (unless present), run every entry, count kept samples per label.
 
     Each run gets a fresh score cache so the times are real computation times.
