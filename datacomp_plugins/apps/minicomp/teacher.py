@@ -74,7 +74,7 @@ class Teacher:
     """A loaded teacher: encode images (tar shards, through the package's ``embed`` code) and texts."""
 
     def __init__(self, out: str, arch: str) -> None:
-        from datacomp_plugins.apps.embed import load_model
+        from datacomp_plugins.apps.models import load_model
 
         self.arch = arch
         open_clip = openclip.register(config_path(out, arch))
