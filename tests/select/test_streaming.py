@@ -1,12 +1,12 @@
-"""Streaming selection equals the in-memory selection (exact top-k with uid tie-breaks, thresholds)."""
+"""select/streaming.py: streaming selection equals the in-memory selection (exact top-k with uid tie-breaks).
+
+The ``filter --streaming`` runs are in tests/test_pipeline_streaming.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_pool
 
-from datacomp_plugins.cli import main
 from datacomp_plugins.core.uids import UID_DTYPE, sorted_unique
 from datacomp_plugins.select.masks import top_k_mask
 from datacomp_plugins.select.streaming import order_key, top_k_streaming
@@ -34,23 +34,3 @@ def test_streaming_top_k_matches_in_memory_with_ties(seed):
         want = sorted_unique(all_uids[top_k_mask(all_scores, all_uids, k)])
         got = sorted_unique(top_k_streaming(lambda: iter(shards), k))
         assert got.tolist() == want.tolist()
-
-
-@pytest.mark.parametrize("selection", [["--fraction", "0.3"], ["--threshold", "0.3"]])
-def test_streaming_flag_writes_the_same_file(tmp_path, cache_dir, selection):
-    make_pool(str(tmp_path / "pool"), [60, 45, 80])
-    files = []
-    for extra in ([], ["--streaming"]):
-        out = tmp_path / f"out{len(extra)}.npy"
-        assert main(["filter", "--no_progress", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"),
-                     *selection, "--save_path", str(out), *extra]) == 0
-        files.append(out.read_bytes())
-    assert files[0] == files[1]
-
-
-def test_streaming_refuses_stages_it_cannot_do(tmp_path, cache_dir, capsys):
-    make_pool(str(tmp_path / "pool"), [20])
-    assert main(["filter", "--no_progress", "--name", "normsim_d", "--metadata_dir", str(tmp_path / "pool"),
-                 "--fraction", "0.5", "--normsim_fraction", "0.2", "--streaming",
-                 "--save_path", str(tmp_path / "o.npy")]) == 2
-    assert "--streaming: only for a quality stage alone" in capsys.readouterr().err
