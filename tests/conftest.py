@@ -29,11 +29,30 @@ from datacomp_plugins import runtime
 runtime.configure()
 
 
+# Seconds a test that needs the quick mini DataComp world may take: the first one to ask builds it (two
+# teachers trained, minutes), and ``quick_runs`` then trains four students; on a loaded 2-core machine the
+# whole of tests/apps/minicomp/test_run.py took 20 minutes. Every other test has pyproject.toml's ``timeout``.
+QUICK_WORLD_TIMEOUT = 2400
+# A test that needs one of these fixtures is ``slow`` (``make test-fast`` leaves it out), whatever its file.
+SLOW_FIXTURES = {
+    "quick_world": "builds the quick mini DataComp world: renders images, trains two teachers",
+    "checkouts": "copies DataComp's checkout and runs its baselines.py in subprocesses",
+    "ray_cluster": "starts a local Ray instance",
+}
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Every test in a ``*_adversarial.py`` file is marked ``adversarial`` (``pytest -m adversarial``)."""
+    """Every test in a ``*_adversarial.py`` file is marked ``adversarial`` (``pytest -m adversarial``); every
+    test that needs a fixture of ``SLOW_FIXTURES`` (directly or through another) is ``slow``, and one that needs
+    the quick world gets ``QUICK_WORLD_TIMEOUT`` unless it sets its own."""
     for item in items:
         if item.path.name.endswith("_adversarial.py"):
             item.add_marker(pytest.mark.adversarial)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES.keys():
+            item.add_marker(pytest.mark.slow)
+        if "quick_world" in fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(QUICK_WORLD_TIMEOUT))
 
 
 def random_hex_uids(n: int, seed: int = 0) -> list[str]:

@@ -11,17 +11,17 @@ import os
 import re
 from pathlib import Path
 
+import datacomp_checkout
 import numpy as np
 import pyarrow as pa
 import pytest
-import test_patch as patch_tests
 from conftest import random_hex_uids, unit_rows, write_shard
 
 from datacomp_plugins import recipes
 from datacomp_plugins.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-checkouts = patch_tests.checkouts  # the module fixture: a clean and a patched copy of DATACOMP_DIR
+checkouts = datacomp_checkout.checkouts  # the module fixture: a clean and a patched copy of DATACOMP_DIR
 # DataComp's pool sizes by scale (paper, Table 1): the samples seen in training equal the pool size
 PAPER_POOL_SIZES = {"small": 12_800_000, "medium": 128_000_000, "large": 1_280_000_000, "xlarge": 12_800_000_000}
 
@@ -30,7 +30,7 @@ PAPER_POOL_SIZES = {"small": 12_800_000, "medium": 128_000_000, "large": 1_280_0
 
 def _scale_configs() -> dict:
     """SCALE_CONFIGS parsed from DataComp's scale_configs.py (a literal; nothing of DataComp is imported)."""
-    source = (patch_tests._datacomp_dir() / "scale_configs.py").read_text()
+    source = (datacomp_checkout.datacomp_dir() / "scale_configs.py").read_text()
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SCALE_CONFIGS" for t in node.targets):
             return ast.literal_eval(node.value)
@@ -81,7 +81,7 @@ def _tied_pool(folder: Path) -> tuple[list[str], np.ndarray]:
 def test_clip_score_writes_datacomps_uid_file_byte_for_byte(checkouts, tmp_path, cache_dir, selection):
     hexes, scores = _tied_pool(tmp_path / "pool")
     theirs = tmp_path / "datacomp" / "clip.npy"
-    result = patch_tests.baselines_py(checkouts["orig"], "--name", "clip_score", "--metadata_dir",
+    result = datacomp_checkout.baselines_py(checkouts["orig"], "--name", "clip_score", "--metadata_dir",
                                       str(tmp_path / "pool"), "--save_path", str(theirs), "--arch", "l14",
                                       *selection, "--num_workers", "1")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -3,9 +3,14 @@
 A test suite that passes is only worth as much as the faults it would catch. This driver parses a module
 with ``ast``, enumerates small faults (a flipped comparison, a changed constant, ``and``/``or`` swapped, a
 guard that never fires, an early return dropped, ``min``/``max`` swapped, an arithmetic operator changed),
-writes each mutant into a private copy of the package (the working tree is never edited), runs the test
-files mapped to that module with a timeout, and reports per module how many mutants were killed, listing
-every survivor as ``file:line  mutation  | source line``.
+writes each mutant into a private copy of the checkout (the working tree is never edited), runs the tests
+that guard that module with a timeout, and reports per module how many mutants were killed, listing every
+survivor as ``file:line  mutation  | source line``.
+
+A module's tests follow from the layout of tests/, which mirrors the package: ``scores/negcliploss`` is
+guarded by tests/scores/test_negcliploss.py and tests/scores/test_negcliploss_*.py, ``pipeline`` by
+tests/test_pipeline*.py. Only those files run, so a survivor is a gap in the module's own tests, not a
+fault some distant end-to-end test happens to notice.
 
 Usage:
     python tools/mutate.py                                   # every mapped module, all mutants

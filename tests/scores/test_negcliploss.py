@@ -41,11 +41,27 @@ class _Stem:
 
 @pytest.mark.parametrize("n", [2, 9, 16])
 def test_a_shard_of_at_most_b_rows_is_one_batch_whatever_the_seed(n):
+    """No randomness at all: the same bits for every seed (the rows in their stored order), and the value of
+    one whole batch."""
     rng = np.random.default_rng(n)
     img = unit_rows(rng, n, 64)
     txt = unit_rows(rng, n, 64)
     want = brute_negcliploss(img, txt, [[np.arange(n)]], 0.05, 16)
-    for seed in (0, 1, 12345):
-        score = NegCLIPLossScore(num_batches=3, batch_size=16, temperature=0.05, seed=seed)
-        got = score.compute(_Stem(), {}, {"l14_img": img, "l14_txt": txt}).astype(np.float64)
-        assert np.abs(got - want).max() < 2e-5
+    got = [NegCLIPLossScore(num_batches=3, batch_size=16, temperature=0.05, seed=seed).compute(
+        _Stem(), {}, {"l14_img": img, "l14_txt": txt}) for seed in (0, 1, 12345)]
+    assert all(g.tobytes() == got[0].tobytes() for g in got)
+    assert np.abs(got[0].astype(np.float64) - want).max() < 2e-5
+
+
+class _Shard:
+    fingerprint = "a shard's identity"
+
+
+def test_cache_key_follows_the_values_not_the_block_size():
+    """The block size changes memory and speed, never a bit, so the cache is shared across it; every setting
+    that changes the values changes the key."""
+    base = NegCLIPLossScore()
+    assert NegCLIPLossScore(block_rows=256).key(_Shard()) == base.key(_Shard())
+    for changed in (dict(num_batches=9), dict(batch_size=1024), dict(temperature=0.02), dict(seed=1),
+                    dict(precision="bf16"), dict(arch="b32")):
+        assert NegCLIPLossScore(**changed).key(_Shard()) != base.key(_Shard()), changed
