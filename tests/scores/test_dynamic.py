@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import random_hex_uids, unit_rows, write_shard
+from conftest import make_pool, random_hex_uids, unit_rows, write_shard
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.uids import UID_DTYPE
@@ -89,3 +89,33 @@ def test_normsim_d_end_to_end_equals_iterate_on_survivors(tmp_path, cache_dir):
     uids = np.array([divmod(int(hexes[i], 16), 2**64) for i in survivors], dtype=UID_DTYPE)
     kept = brute_normsim_d(img[survivors], uids, math.floor(n * 0.4), 5)
     assert np.load(out).tolist() == sorted(uids[i].tolist() for i in kept)
+
+
+@pytest.mark.parametrize("chosen", [[[], [2], [0, 3, 4]], [[1], [], [4]], [[0], [0], [0]]])
+def test_spill_holds_the_chosen_finite_rows_in_order(tmp_path, chosen):
+    """Every chosen row of every shard, one-row and empty choices included, lands in the spill in order,
+    except the non-finite row, which the mask marks; worked out from the arrays written."""
+    from datacomp_plugins.core.pool import Pool
+    from datacomp_plugins.scores.dynamic import spill_image_embeddings
+
+    written = make_pool(str(tmp_path / "pool"), [5, 5, 5], dim=8)
+    stems = sorted(written)
+    bad_stem, bad_row = stems[2], 4
+    arrays = {stem: written[stem]["l14_img"].copy() for stem in stems}
+    arrays[bad_stem][bad_row, 3] = np.nan
+    for stem in stems:  # rewrite the shards with the non-finite row in place
+        write_shard(str(tmp_path / "pool"), stem, written[stem]["uids"],
+                    {"l14_img": arrays[stem], "l14_txt": written[stem]["l14_txt"]})
+    pool = Pool(str(tmp_path / "pool"))
+    rows = [np.array(c, dtype=np.int64) for c in chosen]
+    want_rows, want_finite = [], []
+    for stem, picked in zip(stems, chosen, strict=True):
+        for r in picked:
+            finite = bool(np.isfinite(arrays[stem][r]).all())
+            want_finite.append(finite)
+            if finite:
+                want_rows.append(arrays[stem][r])
+    with spill_image_embeddings(pool, pool.shards, rows, "l14_img", 8, str(tmp_path / "spill")) as (spill, ok):
+        assert ok.tolist() == want_finite
+        assert np.array_equal(np.asarray(spill), np.array(want_rows, dtype=np.float16).reshape(-1, 8))
+    assert [p for p in (tmp_path / "spill").iterdir() if p.suffix == ".f16"] == []
