@@ -38,6 +38,13 @@ SLOW_FIXTURES = {
     "quick_world": "builds the quick mini DataComp world: renders images, trains two teachers",
     "checkouts": "copies DataComp's checkout and runs its baselines.py in subprocesses",
     "ray_cluster": "starts a local Ray instance",
+    "heavy_pool": "kills real filter runs in subprocesses while their workers compute",
+    "s3": "an S3 server (moto) on loopback",
+}
+# Tests of files whose content is pinned (tests/test_pinned_uids.py) cannot carry a marker: named here.
+SLOW_TESTS = {
+    "tests/test_pinned_uids.py::test_ray_engine_is_pinned": "starts a local Ray instance",
+    "tests/test_pinned_uids.py::test_filter_variant_is_pinned[negcliploss-2workers]": "starts worker processes",
 }
 
 
@@ -49,7 +56,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         if item.path.name.endswith("_adversarial.py"):
             item.add_marker(pytest.mark.adversarial)
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & SLOW_FIXTURES.keys():
+        if fixtures & SLOW_FIXTURES.keys() or item.nodeid in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
         if "quick_world" in fixtures and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(QUICK_WORLD_TIMEOUT))

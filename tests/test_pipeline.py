@@ -94,6 +94,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, cache_dir, capsys):
     assert np.load(tmp_path / "a.npy").tolist() == np.load(tmp_path / "b.npy").tolist()
 
 
+@pytest.mark.slow  # starts a pool of worker processes
 def test_workers_give_byte_identical_files(tmp_path, cache_dir):
     make_pool(str(tmp_path / "pool"), [300, 200, 250, 100])
     outputs = []

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from datacomp_plugins.apps.demo_table import default_entries, kept_by_kind, render
 from datacomp_plugins.apps.toy import KINDS, write_toy_pool
 from datacomp_plugins.cli import main
 
 
+@pytest.mark.slow  # builds the example pool and runs every baseline on it
 def test_compare_counts_are_consistent(tmp_path):
     write_toy_pool(str(tmp_path), shards=2, rows=2500)
     rows, totals, relevant = kept_by_kind(str(tmp_path), default_entries(str(tmp_path), 0.3, 0.2))

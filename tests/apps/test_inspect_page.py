@@ -493,6 +493,7 @@ def test_browser_harness_sees_broken_images_and_console_messages(chromium, tmp_p
     assert any('"boom"' in line for line in console)
 
 
+@pytest.mark.slow  # a headless Chromium
 def test_page_in_headless_chromium(world, page, chromium, tmp_path):
     from browser import dump_dom, screenshot, self_check
     from PIL import Image

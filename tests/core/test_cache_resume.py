@@ -23,6 +23,7 @@ def cached_scores(cache_dir: str) -> int:
     return sum(n.startswith("negcliploss") and n.endswith(".npy") for _, _, files in os.walk(cache_dir) for n in files)
 
 
+@pytest.mark.slow  # kills a real run in a subprocess and runs it again
 def test_sigkill_then_rerun_finishes_the_rest_and_matches(tmp_path, capsys):
     make_pool(str(tmp_path / "pool"), [1500] * 8)
     args = ["filter", "--name", "negcliploss", "--metadata_dir", str(tmp_path / "pool"), "--fraction", "0.3",

@@ -56,6 +56,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow  # builds and installs a package, then runs the command in a subprocess
 def test_engine_from_an_installed_package_gives_the_local_uid_file(tmp_path):
     plugins = tmp_path / "site"
     plugins.mkdir()

@@ -95,6 +95,7 @@ def test_unreachable_ray_address_is_a_clear_error(tmp_path, capsys, monkeypatch)
     assert "$RAY_ADDRESS nonexistent.invalid:6379: no Ray cluster reachable there" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts and stops its own Ray instance
 def test_own_local_instance_is_started_and_shut_down(tmp_path, monkeypatch):
     pool = str(tmp_path / "pool")
     make_pool(pool, [30, 20])

@@ -28,7 +28,7 @@ from conftest import make_pool
 
 pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'datacomp-plugins[ray]')")
 
-pytestmark = pytest.mark.ray_cluster
+pytestmark = [pytest.mark.ray_cluster, pytest.mark.slow]
 
 SLOW_PLUGIN = '''
 """A quality score that sleeps on the cluster's nodes (so a node can be lost mid-shard): the dot product of

@@ -439,6 +439,8 @@ def _variant_world(tmp_path, **changes) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # builds a second quick world: two more teachers trained
+@pytest.mark.timeout(2400)
 def test_a_world_not_tuned_passes_the_held_gates_too(tmp_path):
     """Another seed, every component share moved by a few points: the gates that hold are properties of the
     design, not of one tuned draw."""
