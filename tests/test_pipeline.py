@@ -217,6 +217,7 @@ def test_memory_url_end_to_end(tmp_path, cache_dir):
     assert np.load(out).tolist() == hex_to_uid_list(hexes)
 
 
+@pytest.mark.slow  # interrupts a real run in a subprocess
 def test_interrupted_run_leaves_no_uid_file(tmp_path, cache_dir):
     make_pool(str(tmp_path / "pool"), [3000] * 6)
     out = tmp_path / "out.npy"

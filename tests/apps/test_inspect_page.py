@@ -397,6 +397,7 @@ def test_inspect_reads_the_toy_pools_labels_as_truth(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not os.environ.get("DATACOMP_DIR"), reason="DATACOMP_DIR is not set (DataComp's resharder)")
+@pytest.mark.slow  # reshards a pool of images first
 def test_page_on_resharded_shards_reads_no_json(world, page, tmp_path, monkeypatch):
     """DataComp's resharder names members <uid>-<j>: the tar headers alone locate every sample."""
     from datacomp_plugins.apps import shard_images

@@ -172,6 +172,7 @@ def test_bad_save_path_for_filter_and_recipe(pool, tmp_path, case):
     assert not (tmp_path / "cache").exists() or _leftovers(tmp_path / "cache") == []
 
 
+@pytest.mark.slow  # runs the command in subprocesses, three times
 def test_toy_pool_refuses_to_overwrite(tmp_path):
     out = tmp_path / "toy"
     write_toy_pool(str(out), shards=3, rows=200)

@@ -221,6 +221,7 @@ class RecordingExecutor(local_engine.ProcessPoolExecutor):
         super().__init__(max_workers, *args, **kwargs)
 
 
+@pytest.mark.slow  # a real run in a subprocess, then a cached one
 def test_cached_shards_start_no_workers(tmp_path, monkeypatch, capsys):
     pool = str(tmp_path / "pool")
     make_pool(pool, [300, 200, 250, 100], seed=5)

@@ -85,6 +85,7 @@ def _expected(by_length: list[str], k: int) -> np.ndarray:
     return sorted_unique(parse_hex(by_length[:k]))
 
 
+@pytest.mark.slow  # installs a package, then runs the command in subprocesses
 def test_filter_and_recipe_run_a_score_from_another_package(plugin, tmp_path, cache_dir):
     by_length = _pool(tmp_path / "pool")
     out = tmp_path / "out.npy"
@@ -173,6 +174,7 @@ def _datacomp_dir() -> Path:
     return Path(folder)
 
 
+@pytest.mark.slow  # runs DataComp's baselines.py
 def test_datacomp_baselines_py_offers_the_plugin_score(plugin, tmp_path, cache_dir):
     from datacomp_plugins.cli import main
 
