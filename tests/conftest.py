@@ -6,7 +6,7 @@ guards (``test_<module>.py`` or ``test_<module>_<what>.py``), which is how tools
 Files ending in ``_adversarial.py`` attack their module with hostile input, and carry the ``adversarial`` marker.
 Test files need unique basenames across folders (the folders are not packages, so pytest's default import mode
 puts each folder on sys.path); helper modules (conftest, imagepool, s3server, browser, negcliploss_brute,
-uidvalues) live here in tests/ and are imported by name from any folder.
+uidvalues, datacomp_checkout) live here in tests/ and are imported by name from any folder.
 """
 
 from __future__ import annotations
@@ -122,6 +122,23 @@ def make_pool(folder: str, shard_sizes: Sequence[int], seed: int = 0, dim: int =
         write_shard(folder, stem, uids, arrays, compressed=compressed)
         written[stem] = {"uids": uids, **arrays}
     return written
+
+
+def stored_scores_pool(folder: str | os.PathLike, scores_by_shard: list[list[float]],
+                       seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """A pool whose stored clip_l14_similarity_score column holds the given values (float32, as DataComp's)."""
+    rng = np.random.default_rng(seed)
+    total = sum(len(s) for s in scores_by_shard)
+    hexes = random_hex_uids(total, seed)
+    start = 0
+    for index, values in enumerate(scores_by_shard):
+        n = len(values)
+        img = unit_rows(rng, n, 768)
+        arrays = {"l14_img": img.astype(np.float16), "l14_txt": img.astype(np.float16)}
+        write_shard(str(folder), f"{index:08d}", hexes[start:start + n], arrays,
+                    extra_columns={"clip_l14_similarity_score": np.asarray(values, dtype=np.float32)})
+        start += n
+    return hexes, np.concatenate([np.asarray(s, dtype=np.float32) for s in scores_by_shard])
 
 
 @pytest.fixture

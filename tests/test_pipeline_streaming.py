@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_pool, random_hex_uids, unit_rows, write_shard
+from conftest import make_pool, stored_scores_pool
 
 from datacomp_plugins.cli import main
 
@@ -31,22 +31,6 @@ def test_streaming_refuses_stages_it_cannot_do(tmp_path, cache_dir, capsys):
                  "--fraction", "0.5", "--normsim_fraction", "0.2", "--streaming",
                  "--save_path", str(tmp_path / "o.npy")]) == 2
     assert "--streaming: only for a quality stage alone" in capsys.readouterr().err
-
-
-def stored_scores_pool(folder, scores_by_shard: list[list[float]], seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """A pool whose stored clip_l14_similarity_score column holds the given values (float32, as DataComp's)."""
-    rng = np.random.default_rng(seed)
-    total = sum(len(s) for s in scores_by_shard)
-    hexes = random_hex_uids(total, seed)
-    start = 0
-    for index, values in enumerate(scores_by_shard):
-        n = len(values)
-        img = unit_rows(rng, n, 768)
-        arrays = {"l14_img": img.astype(np.float16), "l14_txt": img.astype(np.float16)}
-        write_shard(str(folder), f"{index:08d}", hexes[start:start + n], arrays,
-                    extra_columns={"clip_l14_similarity_score": np.asarray(values, dtype=np.float32)})
-        start += n
-    return hexes, np.concatenate([np.asarray(s, dtype=np.float32) for s in scores_by_shard])
 
 
 def datacomp_rule(hexes: list[str], values: np.ndarray, fraction: float) -> list[tuple[int, int]]:

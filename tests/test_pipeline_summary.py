@@ -9,8 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_pool
-from test_pipeline_streaming import stored_scores_pool
+from conftest import make_pool, stored_scores_pool
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.cache import ScoreCache
