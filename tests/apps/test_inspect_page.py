@@ -13,6 +13,7 @@ import tarfile
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from browser import page_counts
 from imagepool import make_image_pool, reshard
 
 from datacomp_plugins.cli import main
@@ -217,11 +218,6 @@ def cards(page: str) -> list[dict]:
                     "image": base64.b64decode(image.group(1)) if image else None,
                     "caption": re.search(r'<span class="caption">(.*?)</span>', body, re.S).group(1)})
     return out
-
-
-def page_counts(page: str) -> dict[str, int]:
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r'<span class="count" data-[a-z]+="([^"]+)">(\d+)</span>',
-                                                              page)}
 
 
 @pytest.fixture(scope="module")

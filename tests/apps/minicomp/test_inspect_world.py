@@ -56,7 +56,7 @@ def test_scores_on_the_world_equal_its_metadata(quick_world, subsets, tmp_path):
 
 
 def test_inspect_page_on_the_world(quick_world, subsets, tmp_path):
-    from test_inspect import page_counts
+    from browser import page_counts
 
     root, cache = subsets
     page = tmp_path / "page.html"
