@@ -25,14 +25,6 @@ def test_streaming_flag_writes_the_same_file(tmp_path, cache_dir, selection):
     assert files[0] == files[1]
 
 
-def test_streaming_refuses_stages_it_cannot_do(tmp_path, cache_dir, capsys):
-    make_pool(str(tmp_path / "pool"), [20])
-    assert main(["filter", "--no_progress", "--name", "normsim_d", "--metadata_dir", str(tmp_path / "pool"),
-                 "--fraction", "0.5", "--normsim_fraction", "0.2", "--streaming",
-                 "--save_path", str(tmp_path / "o.npy")]) == 2
-    assert "--streaming: only for a quality stage alone" in capsys.readouterr().err
-
-
 def datacomp_rule(hexes: list[str], values: np.ndarray, fraction: float) -> list[tuple[int, int]]:
     """DataComp's apply_filter for clip_score, by sorting: n = floor(N*F); the cut-off is the (n+1)-th highest
     value; keep every value >= it (n + 1 samples plus ties). Past the end: every sample."""
