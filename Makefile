@@ -12,7 +12,7 @@ export DATACOMP_DIR
 # albumentations (under DataComp's resharder) asks the network for updates on import: not here
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test lint bench minicomp clean
+.PHONY: demo test test-fast lint bench minicomp clean
 
 # Core: a CPU build of torch first (it satisfies torch>=2.1, so no multi-GB CUDA download), then the package.
 $(VENV)/.core: pyproject.toml
@@ -49,6 +49,11 @@ demo: $(VENV)/.core
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The contributor's loop: every test not marked slow (under 2 minutes on two cores). CI runs `make test`.
+test-fast: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

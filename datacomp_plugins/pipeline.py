@@ -235,10 +235,10 @@ def _run_streaming(config, plan: Plan, pool: Pool, cache: ScoreCache, score: Sco
     summary.notes.append(note)
     refuse_empty(config, len(kept), summary)
     summary.notes.append("streaming selection (duplicate uids merged in the output only)")
+    summary.seconds = time.perf_counter() - started
     summary.kept = summary.after_quality = provenance.save_with_sidecar(
         config.save_path, lambda: save_uid_file(config.save_path, kept),
         provenance.filter_record(config, pool, cache, summary, []))
-    summary.seconds = time.perf_counter() - started
     return summary
 
 

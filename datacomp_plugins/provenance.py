@@ -29,7 +29,7 @@ import numpy as np
 from datacomp_plugins import __version__
 from datacomp_plugins.core.compute import device_for
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open, is_local, local_path, sha256_file
+from datacomp_plugins.core.fileio import is_local, local_path, sha256_file, write_json
 
 FORMAT = "datacomp-plugins provenance 1"
 SUFFIX = ".json"
@@ -132,9 +132,7 @@ def save_with_sidecar(path: str, save: Callable[[], int], record: dict[str, Any]
         "package": {"name": "datacomp-plugins", "version": __version__, "commit": package_commit()},
         **record,
     }
-    with atomic_open(sidecar, "w") as handle:
-        json.dump(full, handle, indent=1, sort_keys=False, default=_jsonable)
-        handle.write("\n")
+    write_json(sidecar, full, indent=1, sort_keys=False, default=_jsonable)
     return count
 
 

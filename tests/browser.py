@@ -1,4 +1,5 @@
-"""Headless Chromium as a subprocess: a page's DOM after its scripts ran, its console messages, a screenshot."""
+"""Headless Chromium as a subprocess: a page's DOM after its scripts ran, its console messages, a screenshot;
+and the counts an inspect page shows, read from its HTML or DOM."""
 
 from __future__ import annotations
 
@@ -54,3 +55,9 @@ def screenshot(binary: str, page: Path, out: Path, size: str = "1200,1600") -> P
                 page.resolve().as_uri())
     assert done.returncode == 0 and out.exists(), done.stderr[-2000:]
     return out
+
+
+def page_counts(page: str) -> dict[str, int]:
+    """The inspect page's counts by uid file (or component), as the page's HTML or rendered DOM shows them."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r'<span class="count" data-[a-z]+="([^"]+)">(\d+)</span>',
+                                                              page)}

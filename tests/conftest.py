@@ -1,4 +1,13 @@
-"""Shared helpers: small pools in DataComp's layout, built from arrays the test chooses."""
+"""Shared helpers: small pools in DataComp's layout, built from arrays the test chooses.
+
+The tests mirror the package: tests/core/ guards datacomp_plugins/core/, tests/scores/ the scores, and a test of
+a top-level module (pipeline.py, config.py, cli.py) sits in tests/ itself. A file is named after the module it
+guards (``test_<module>.py`` or ``test_<module>_<what>.py``), which is how tools/mutate.py finds a module's tests.
+Files ending in ``_adversarial.py`` attack their module with hostile input, and carry the ``adversarial`` marker.
+Test files need unique basenames across folders (the folders are not packages, so pytest's default import mode
+puts each folder on sys.path); helper modules (conftest, imagepool, s3server, browser, negcliploss_brute,
+uidvalues, datacomp_checkout) live here in tests/ and are imported by name from any folder.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,39 @@ from datacomp_plugins import runtime
 # as the command line does before torch is loaded: test modules importing torch and the package's math (thread
 # counts, huge pages) then run under the same settings as a real run
 runtime.configure()
+
+
+# Seconds a test that needs the quick mini DataComp world may take: the first one to ask builds it (two
+# teachers trained, minutes), and ``quick_runs`` then trains four students; on a loaded 2-core machine the
+# whole of tests/apps/minicomp/test_run.py took 20 minutes. Every other test has pyproject.toml's ``timeout``.
+QUICK_WORLD_TIMEOUT = 2400
+# A test that needs one of these fixtures is ``slow`` (``make test-fast`` leaves it out), whatever its file.
+SLOW_FIXTURES = {
+    "quick_world": "builds the quick mini DataComp world: renders images, trains two teachers",
+    "checkouts": "copies DataComp's checkout and runs its baselines.py in subprocesses",
+    "ray_cluster": "starts a local Ray instance",
+    "heavy_pool": "kills real filter runs in subprocesses while their workers compute",
+    "s3": "an S3 server (moto) on loopback",
+}
+# Tests of files whose content is pinned (tests/test_pinned_uids.py) cannot carry a marker: named here.
+SLOW_TESTS = {
+    "tests/test_pinned_uids.py::test_ray_engine_is_pinned": "starts a local Ray instance",
+    "tests/test_pinned_uids.py::test_filter_variant_is_pinned[negcliploss-2workers]": "starts worker processes",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test in a ``*_adversarial.py`` file is marked ``adversarial`` (``pytest -m adversarial``); every
+    test that needs a fixture of ``SLOW_FIXTURES`` (directly or through another) is ``slow``, and one that needs
+    the quick world gets ``QUICK_WORLD_TIMEOUT`` unless it sets its own."""
+    for item in items:
+        if item.path.name.endswith("_adversarial.py"):
+            item.add_marker(pytest.mark.adversarial)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES.keys() or item.nodeid in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if "quick_world" in fixtures and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(QUICK_WORLD_TIMEOUT))
 
 
 def random_hex_uids(n: int, seed: int = 0) -> list[str]:
@@ -80,6 +122,23 @@ def make_pool(folder: str, shard_sizes: Sequence[int], seed: int = 0, dim: int =
         write_shard(folder, stem, uids, arrays, compressed=compressed)
         written[stem] = {"uids": uids, **arrays}
     return written
+
+
+def stored_scores_pool(folder: str | os.PathLike, scores_by_shard: list[list[float]],
+                       seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """A pool whose stored clip_l14_similarity_score column holds the given values (float32, as DataComp's)."""
+    rng = np.random.default_rng(seed)
+    total = sum(len(s) for s in scores_by_shard)
+    hexes = random_hex_uids(total, seed)
+    start = 0
+    for index, values in enumerate(scores_by_shard):
+        n = len(values)
+        img = unit_rows(rng, n, 768)
+        arrays = {"l14_img": img.astype(np.float16), "l14_txt": img.astype(np.float16)}
+        write_shard(str(folder), f"{index:08d}", hexes[start:start + n], arrays,
+                    extra_columns={"clip_l14_similarity_score": np.asarray(values, dtype=np.float32)})
+        start += n
+    return hexes, np.concatenate([np.asarray(s, dtype=np.float32) for s in scores_by_shard])
 
 
 @pytest.fixture

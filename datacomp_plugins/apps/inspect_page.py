@@ -10,13 +10,15 @@ page opens from disk with no network; the number of images is bounded, and the s
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
-import json
 import math
+import string
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -176,7 +178,7 @@ class PageBuilder:
             body = body.replace(marker, '<div class="grid">' + "".join(cards) + "</div>"
                                 if cards else '<p class="note">no samples in this group</p>')
         note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-        page = PAGE.format(title=html.escape(title), notes=note_html, body=body, style=STYLE, script=SCRIPT)
+        page = page_template().substitute(title=html.escape(title), notes=note_html, body=body)
         return page, images, len(shown)
 
     def _card(self, row: int, caption: str, thumb: tuple[str, str] | None, files: Sequence[FileView]) -> str:
@@ -453,57 +455,12 @@ def _truth_section(views: Sequence[FileView], labels: np.ndarray, eligible: np.n
             f"</tr>{''.join(rows)}</table></section>")
 
 
-def summary_json(summary: PageSummary) -> str:
-    return json.dumps(summary.__dict__, indent=1)
 
-
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
-h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}h3{margin:1.2em 0 .4em;font-size:15px}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25em .6em}td.num{text-align:right}
-.note{background:#fff4d6;border:1px solid #e8c66a;padding:.4em .7em}
-.hists{display:flex;flex-wrap:wrap;gap:1em}.hist text{font-size:11px;fill:#444}
-.hist .pool,.sw.pool{fill:#c8cdd4;background:#c8cdd4}.hist .kept,.sw.kept{fill:#2f7ed8;background:#2f7ed8}
-.hist .cut{stroke:#d62728;stroke-width:2}.sw.cut{background:#d62728}.hist .cutlabel{fill:#d62728}
-.sw{display:inline-block;width:.9em;height:.9em;margin:0 .2em 0 .8em;vertical-align:middle}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6em}
-.card{margin:0;border:1px solid #ddd;border-radius:4px;padding:.3em;font-size:12px;overflow:hidden}
-.card img{display:block;max-width:100%;height:auto;margin:0 auto}
-.card img.pixelated{image-rendering:pixelated;width:128px}.component{display:block;color:#7a4b00}
-.hist .axis{stroke:#888;stroke-width:1}.hist .ytick{font-size:10px}
-.noimg{height:90px;display:flex;align-items:center;justify-content:center;background:#f0f0f0;color:#888}
-.caption{display:block;font-weight:600}.scores{display:block;color:#555}
-.card code{display:block;font-size:9px;color:#999;word-break:break-all}
-.badge{display:inline-block;margin:.1em .2em 0 0;padding:0 .3em;border-radius:3px;font-size:11px}
-.badge.in{background:#dff0d8}.badge.out{background:#f2dede}
-#selfcheck{display:none}
-"""
-
-# Records script errors from the first moment, then, once everything has loaded, writes whether every
-# image decoded into the page itself: a headless browser's DOM dump then carries the result.
-SCRIPT = """
-<script>
-window.__errors = [];
-window.addEventListener("error", function (e) { window.__errors.push(String(e.message || e)); });
-window.addEventListener("load", function () {
-  var imgs = document.querySelectorAll("img"), bad = [];
-  for (var i = 0; i < imgs.length; i++) {
-    if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) bad.push(imgs[i].getAttribute("data-uid"));
-  }
-  document.getElementById("selfcheck").textContent = JSON.stringify(
-    {images: imgs.length, undecoded: bad, errors: window.__errors});
-  document.body.setAttribute("data-selfcheck", "done");
-});
-</script>
-"""
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<style>{style}</style>{script}</head>
-<body><h1>{title}</h1>{notes}{body}
-<pre id="selfcheck"></pre>
-<footer class="note">Written by datacomp-plugins inspect. Thumbnails are embedded; the page needs no network.</footer>
-</body></html>
-"""
+@functools.cache
+def page_template() -> string.Template:
+    """The page's HTML, CSS and script (templates/inspect_page.html, shipped as package data), with ``$title``,
+    ``$notes`` and ``$body`` to fill. Its script records script errors from the first moment and, once
+    everything has loaded, writes whether every image decoded into the page itself (``#selfcheck``): a headless
+    browser's DOM dump then carries the result."""
+    text = resources.files("datacomp_plugins.apps").joinpath("templates", "inspect_page.html").read_text("utf-8")
+    return string.Template(text)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from datacomp_plugins.core.errors import PluginError
 
+# DataComp's evaluate.py writes one JSON record per task to this file in a run folder; read here and by minicomp
 RESULTS_FILE = "eval_results.jsonl"
 
 # The 38 scored tasks of tasklist.yml: task key -> name written in the "dataset" field.

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datacomp_plugins.apps.compare import compare, default_entries, render
+    from datacomp_plugins.apps.demo_table import default_entries, kept_by_kind, render
     from datacomp_plugins.config import check_stage_fractions
     from datacomp_plugins.select.masks import check_fraction
 
@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     check_fraction(args.normsim_fraction, "--normsim_fraction")
     check_stage_fractions(args.fraction, args.normsim_fraction)  # before the pool is built, not after
     entries = default_entries(args.out, args.fraction, args.normsim_fraction)
-    rows, totals, relevant = compare(args.out, entries, rebuild=args.rebuild)
+    rows, totals, relevant = kept_by_kind(args.out, entries, rebuild=args.rebuild)
     print(render(rows, totals, relevant))
     return 0

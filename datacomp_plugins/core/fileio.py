@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
-from typing import IO
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
 
 import fsspec
 import numpy as np
@@ -197,6 +198,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_json(path: str, obj: Any, *, indent: int = 2, sort_keys: bool = True,
+               default: Callable[[Any], Any] | None = None) -> None:
+    """``obj`` as JSON with a final newline, atomically: a reader never sees half a manifest or sidecar, and
+    sorted keys give the same bytes for the same content."""
+    with atomic_open(path, "w") as handle:
+        json.dump(obj, handle, indent=indent, sort_keys=sort_keys, default=default)
+        handle.write("\n")
 
 
 def atomic_save_npy(path: str, array: np.ndarray) -> None:

@@ -65,12 +65,19 @@ def _decode_digits(chars: np.ndarray) -> np.ndarray | None:
     return out
 
 
-_VALID = f"^[0-9A-Fa-f]{{{HEX_DIGITS}}}$"
+# DataComp's uid as text: exactly 32 hex digits, either case, nothing around them
+HEX_UID_PATTERN = f"^[0-9A-Fa-f]{{{HEX_DIGITS}}}$"
+
+
+def hex_uid_mask(values: pa.Array) -> np.ndarray:
+    """True where a row of a string column is a hex uid (``HEX_UID_PATTERN``); nulls are False. Used to
+    find the first bad row for an error message, after the fast parse refused the column."""
+    return pc.fill_null(pc.match_substring_regex(values, HEX_UID_PATTERN), False).to_numpy(zero_copy_only=False)
 
 
 def _first_bad(values: pa.Array, source: str, column: str | None) -> PluginError:
     """The error for the first row that is not a 32-digit hex string, saying what is wrong with it."""
-    valid = pc.fill_null(pc.match_substring_regex(values, _VALID), False).to_numpy(zero_copy_only=False)
+    valid = hex_uid_mask(values)
     row = int(np.flatnonzero(~valid)[0])
     value = values[row].as_py()
     if value is None:

@@ -16,12 +16,11 @@ import pyarrow.compute as pc
 
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open
-from datacomp_plugins.core.uids import HEX_DIGITS, UID_DTYPE, decode_fixed, encode_lines, parse_hex
+from datacomp_plugins.core.uids import HEX_DIGITS, UID_DTYPE, decode_fixed, encode_lines, hex_uid_mask, parse_hex
 from datacomp_plugins.select.uidtools import ensure_sorted
 
 CHUNK_ROWS = 1 << 20  # uids per vectorised step in conversions: bounds temporaries to ~100 MB
 TEXT_BLOCK_BYTES = 64 << 20
-_VALID_HEX = f"^[0-9A-Fa-f]{{{HEX_DIGITS}}}$"
 
 
 def hex_blocks(uids: np.ndarray, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
@@ -88,7 +87,7 @@ def _parse_chunk(values: pa.Array | np.ndarray, where: Callable[[int], str], sou
     try:
         return parse_hex(values, source=source)
     except PluginError:
-        valid = pc.fill_null(pc.match_substring_regex(values, _VALID_HEX), False).to_numpy(zero_copy_only=False)
+        valid = hex_uid_mask(values)
         if valid.all():  # parse_hex refused what the pattern accepts: its own message stands
             raise
         row = int(np.flatnonzero(~valid)[0])

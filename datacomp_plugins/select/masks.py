@@ -61,16 +61,13 @@ def _keys(uids: np.ndarray) -> pa.FixedSizeBinaryArray:
 
 
 def isin(uids: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Mask of ``uids`` that appear in ``other``, O(n + m) with a hash set."""
-    if len(uids) == 0 or len(other) == 0:
-        return np.zeros(len(uids), dtype=bool)
+    """Mask of ``uids`` that appear in ``other``, O(n + m) with a hash set (either may be empty)."""
     return pc.is_in(_keys(uids), value_set=_keys(other)).to_numpy(zero_copy_only=False)
 
 
 def index_in(uids: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """For each of ``uids``, its row in ``other`` (first occurrence), or -1; O(n + m) with a hash table."""
-    if len(uids) == 0 or len(other) == 0:
-        return np.full(len(uids), -1, dtype=np.int64)
+    """For each of ``uids``, its row in ``other`` (first occurrence), or -1; O(n + m) with a hash table (either
+    may be empty)."""
     found = pc.index_in(_keys(uids), value_set=_keys(other))
     return found.fill_null(-1).to_numpy().astype(np.int64)
 
@@ -82,22 +79,17 @@ def first_occurrence(uids: np.ndarray) -> np.ndarray:
     selection and make the resharder upsample it. Duplicates are rare, so this sorts one mixed 64-bit key
     per uid (numpy's SIMD sort, seconds for 100M) and verifies only the rows whose keys collide.
     """
-    n = len(uids)
-    mask = np.ones(n, dtype=bool)
-    if n < 2:
-        return mask
+    mask = np.ones(len(uids), dtype=bool)
     hi, lo = np.asarray(uids["f0"]), np.asarray(uids["f1"])
     key = hi ^ (lo * np.uint64(0x9E3779B97F4A7C15))  # equal uids give equal keys
     ordered = np.sort(key)
-    collide = ordered[1:][ordered[1:] == ordered[:-1]]
-    if len(collide) == 0:
-        return mask
-    collide = np.unique(collide)
-    rows = np.flatnonzero(np.isin(key, collide))
-    order = np.lexsort((rows, lo[rows], hi[rows]))  # equal uids together, in pool order
-    r = rows[order]
-    repeat = (hi[r][1:] == hi[r][:-1]) & (lo[r][1:] == lo[r][:-1])
-    mask[r[1:][repeat]] = False
+    collide = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if len(collide):  # the usual pool has none: no pass over the keys to find their rows
+        rows = np.flatnonzero(np.isin(key, collide))
+        order = np.lexsort((rows, lo[rows], hi[rows]))  # equal uids together, in pool order
+        r = rows[order]
+        repeat = (hi[r][1:] == hi[r][:-1]) & (lo[r][1:] == lo[r][:-1])
+        mask[r[1:][repeat]] = False
     return mask
 
 

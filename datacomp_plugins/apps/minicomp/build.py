@@ -36,7 +36,7 @@ import numpy as np
 from datacomp_plugins.apps.minicomp import render
 from datacomp_plugins.apps.minicomp.world import COMPONENTS, World, class_name, component_counts, load_world
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open, atomic_save_npy, sha256_file
+from datacomp_plugins.core.fileio import atomic_open, atomic_save_npy, sha256_file, write_json
 
 STATE_FILE = ".minicomp-build.json"
 STAGES_DIR = ".stages"
@@ -46,12 +46,6 @@ SPLITS = {"train": 0, "test": 1}
 
 # ---------------------------------------------------------------------------------------------------------
 # Small writers
-
-
-def write_json(path: str, obj: Any) -> None:
-    with atomic_open(path, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True)
-        handle.write("\n")
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -53,11 +53,9 @@ def model_config(cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
 
 def register(paths: str | Sequence[str]) -> Any:
     """Register model config JSON files (or folders of them) with open_clip in this process; returns open_clip."""
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise PluginError(f"the minicomp commands need open_clip ({exc}); "
-                          f"install them with pip install 'datacomp-plugins[minicomp]'") from None
+    from datacomp_plugins.apps.models import import_open_clip
+
+    open_clip = import_open_clip("the minicomp commands", "minicomp")
     for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.exists(path):
             raise PluginError(f"{path}: model config does not exist")

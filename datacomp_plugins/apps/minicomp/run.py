@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from datacomp_plugins.apps.report import RESULTS_FILE
 from datacomp_plugins.core.errors import PluginError
-from datacomp_plugins.core.fileio import atomic_open, sha256_file
+from datacomp_plugins.core.fileio import atomic_open, sha256_file, write_json
 from datacomp_plugins.core.progress import disable as progress_disable
 
 # the controls of every default and quick run: the instrument's upper and lower references (claims.instrument)
@@ -77,7 +78,6 @@ CONTROL_SEED = 0  # numpy.random.default_rng seed of random_30's and oracle_30's
 # the components whose samples carry the tasks' signal (docs/MINICOMP.md, "The controls"): a correct caption of
 # an on-task scene. Read from OUT/truth/, which no filter sees.
 ORACLE_COMPONENTS = ("clean", "near_duplicate")
-RESULTS_FILE = "eval_results.jsonl"
 RESHARD_SHARD_SIZE = 1024  # small output shards, so --dataset-resampled mixes many of them
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -345,12 +345,6 @@ def _resharded_count(folder: Path) -> int:
     return total
 
 
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_open(str(path), "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
 def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, data_dir: Path,
              uids_sha: str, in_process: threading.Lock | None = None) -> dict:
     """Train and evaluate one student; returns its stage times. Skipped (times read back) when done.
@@ -378,14 +372,14 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
             _evaluate_again(settings, datacomp, folder, scale["model"], in_process)
         return json.loads(times_path.read_text()) if times_path.is_file() else {}
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(run_json, wanted)
+    write_json(str(run_json), wanted)
     config_path = student.write_model_config(settings.runs_dir / "model_configs")
     times: dict = json.loads(times_path.read_text()) if times_path.is_file() else {}
     start = time.perf_counter()
     argv = student.train_argv(data_dir, folder, "train", scale, seed, settings.train_num_samples)
     student.train(argv, config_path, seed, folder / "train.log")
     times["train"] = times.get("train", 0.0) + time.perf_counter() - start
-    _write_json(times_path, times)
+    write_json(str(times_path), times)
     with in_process or contextlib.nullcontext():
         start = time.perf_counter()
         student.register_model(config_path)
@@ -395,7 +389,7 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
                                                        settings.out / "evalsets", tasks)
         evaluate.save_per_image(per_image, correct)
         times["eval"] = time.perf_counter() - start
-    _write_json(times_path, times)
+    write_json(str(times_path), times)
     with atomic_open(str(results), "w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
@@ -436,12 +430,12 @@ def prepare(settings: RunSettings, datacomp: Path, baseline: str,
             start = time.perf_counter()
             line = make_subset(settings, baseline, uids_path)
             times["filter"] = time.perf_counter() - start
-        _write_json(times_path, times)
+        write_json(str(times_path), times)
     if not (folder / "shards").is_dir():
         start = time.perf_counter()
         reshard(datacomp, settings.out / "shards", uids_path, folder / "shards", folder / "resharder.log")
         times["reshard"] = time.perf_counter() - start
-        _write_json(times_path, times)
+        write_json(str(times_path), times)
     return folder / "shards", sha256_file(str(uids_path)), line
 
 

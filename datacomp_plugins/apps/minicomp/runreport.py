@@ -15,16 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from datacomp_plugins.apps.minicomp import claims, stats
+from datacomp_plugins.apps.report import RESULTS_FILE, read_results
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import atomic_open
-
-RESULTS_FILE = "eval_results.jsonl"
 
 
 def read_scores(runs_dir: Path, names: list[str], seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
     """baseline -> seed -> task -> main metric, for the pairs whose results exist."""
-    from datacomp_plugins.apps.report import read_results
-
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for name in names:
         for seed in seeds:
@@ -46,7 +43,6 @@ def read_per_image(runs_dir: Path, names: list[str], seeds: list[int]) -> tuple[
     """subset -> seed -> task -> per-image top-1 correctness, for the pairs whose results and per-image files
     exist; and the pairs (``name/seed<k>``) whose results lack per-image files (finished before they were kept)."""
     from datacomp_plugins.apps.minicomp.evaluate import PER_IMAGE_DIR, load_per_image
-    from datacomp_plugins.apps.report import read_results
 
     results: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     lacking = []

@@ -7,7 +7,6 @@ npz cache come from models that learned the world imperfectly, as CLIP did the w
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ import numpy as np
 
 from datacomp_plugins.apps.minicomp import openclip
 from datacomp_plugins.apps.minicomp.world import World
-from datacomp_plugins.core.fileio import atomic_open
+from datacomp_plugins.core.fileio import atomic_open, write_json
 
 ARCHES = ("l14", "b32")
 
@@ -38,8 +37,7 @@ def write_config(out: str, world: World, arch: str) -> str:
     path = config_path(out, arch)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cfg = openclip.model_config(world["teachers"][arch], world["world"]["image_size"])
-    with atomic_open(path, "w") as handle:
-        json.dump(cfg, handle, indent=2, sort_keys=True)
+    write_json(path, cfg)
     return path
 
 
@@ -76,7 +74,7 @@ class Teacher:
     """A loaded teacher: encode images (tar shards, through the package's ``embed`` code) and texts."""
 
     def __init__(self, out: str, arch: str) -> None:
-        from datacomp_plugins.apps.embed import load_model
+        from datacomp_plugins.apps.models import load_model
 
         self.arch = arch
         open_clip = openclip.register(config_path(out, arch))
