@@ -112,29 +112,34 @@ def flops_per_sample(model, images, tokens, loss_fn) -> dict[str, float]:
     return {"forward": forward.get_total_flops() / len(images), "train": total.get_total_flops() / len(images)}
 
 
-def time_steps(model, images, tokens, loss_fn, steps: int, threads: int, checkpointing: bool) -> dict[str, float]:
-    """Milliseconds per step of each phase (median over ``steps`` after two warm-up steps)."""
+def time_steps(model, images, tokens, loss_fn, steps: int, variants: list[tuple[int, bool]],
+               rounds: int = 3) -> dict[tuple[int, bool], dict[str, float]]:
+    """Milliseconds per step of each phase for each (threads, checkpointing) variant: median over ``rounds``
+    rounds of ``steps`` steps, the variants taking turns within a round, so that a machine whose load changes
+    during the run slows every variant alike."""
     import torch
 
-    torch.set_num_threads(threads)
-    model.set_grad_checkpointing(checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
-    phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out = model(images, tokens)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        t3 = time.perf_counter()
-        if i >= 2:
-            for name, value in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", t3 - t2),
-                                ("step", t3 - t0)):
-                phases[name].append(value * 1e3)
-    return {name: statistics.median(values) for name, values in phases.items()}
+    phases = {v: {"forward": [], "backward": [], "optimizer": [], "step": []} for v in variants}
+    for _ in range(rounds):
+        for threads, checkpointing in variants:
+            torch.set_num_threads(threads)
+            model.set_grad_checkpointing(checkpointing)
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                out = model(images, tokens)
+                loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+                t1 = time.perf_counter()
+                loss.backward()
+                t2 = time.perf_counter()
+                opt.step()
+                t3 = time.perf_counter()
+                if i >= 1:  # the first step after a switch warms caches and thread pools
+                    for name, value in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", t3 - t2),
+                                        ("step", t3 - t0)):
+                        phases[(threads, checkpointing)][name].append(value * 1e3)
+    return {v: {name: statistics.median(values) for name, values in p.items()} for v, p in phases.items()}
 
 
 def matmul_reference(shapes: list[tuple[int, int, int]], repeat: int = 20) -> dict[str, float]:
@@ -179,7 +184,7 @@ def e2e(build: Path, samples: int, variants: dict[str, dict]) -> dict[str, dict]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", type=Path, required=True, help="a minicomp build (OUT); --quick is enough")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per variant and round")
     parser.add_argument("--e2e", action="store_true", help="also time whole open_clip_train runs (minutes)")
     parser.add_argument("--e2e_samples", type=int, default=2560, help="samples per open_clip_train run")
     parser.add_argument("--json", type=Path, help="write every number here as JSON")
@@ -224,15 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     print("single-thread fp32 matmul (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in mm.items()))
 
     report["steps"] = {}
-    for threads in (1, 2):
-        for checkpointing in (True, False):
-            name = f"threads={threads} grad_checkpointing={'on' if checkpointing else 'off'}"
-            t = time_steps(model, images, tokens, loss_fn, args.steps, threads, checkpointing)
-            gflops = flops["train"] * BATCH / (t["step"] / 1e3) / 1e9
-            t.update({"samples_per_s": BATCH / (t["step"] / 1e3), "gflops": gflops})
-            report["steps"][name] = t
-            print(f"step, {name}: {t['step']:.0f} ms (forward {t['forward']:.0f}, backward {t['backward']:.0f}, "
-                  f"AdamW {t['optimizer']:.0f}) = {t['samples_per_s']:.0f} samples/s, {gflops:.1f} GFLOP/s", flush=True)
+    variants = [(1, True), (1, False), (2, True), (2, False)]
+    timed = time_steps(model, images, tokens, loss_fn, args.steps, variants)
+    for (threads, checkpointing), t in timed.items():
+        name = f"threads={threads} grad_checkpointing={'on' if checkpointing else 'off'}"
+        gflops = flops["train"] * BATCH / (t["step"] / 1e3) / 1e9
+        t.update({"samples_per_s": BATCH / (t["step"] / 1e3), "gflops": gflops})
+        report["steps"][name] = t
+        print(f"step, {name}: {t['step']:.0f} ms (forward {t['forward']:.0f}, backward {t['backward']:.0f}, "
+              f"AdamW {t['optimizer']:.0f}) = {t['samples_per_s']:.0f} samples/s, {gflops:.1f} GFLOP/s", flush=True)
+    with open("/proc/loadavg") as handle:
+        report["loadavg_after"] = handle.read().split()[:3]
+    print(f"load average at the end: {' '.join(report['loadavg_after'])} (other work slows every number above)")
 
     if args.e2e:
         variants = {"as_datacomp": {"threads": 1, "checkpointing": True},
