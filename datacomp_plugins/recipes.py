@@ -82,9 +82,9 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
         raise PluginError(f"{path}: not valid TOML ({exc})") from None
     if "filter" not in data or "name" not in data["filter"]:
         raise PluginError(f"{path}: a recipe needs a [filter] table with a name")
-    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.config import ALIASES, FilterConfig
 
-    known = {f.name for f in dataclasses.fields(FilterConfig)} - set(_NOT_SETTABLE)
+    known = ({f.name for f in dataclasses.fields(FilterConfig)} | set(ALIASES)) - set(_NOT_SETTABLE)
     unknown = sorted(set(data["filter"]) - known)
     if unknown:
         raise PluginError(f"{path}: unknown filter settings {unknown}; known: {sorted(known)}")
@@ -98,9 +98,10 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
 
 def setting_kind(key: str) -> str:
     """The schema type of a filter setting, as written in FilterConfig ("int", "float | None", "bool", ...)."""
-    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.config import FilterConfig, canonical
 
     kinds = {f.name: str(f.type) for f in dataclasses.fields(FilterConfig) if f.name not in _NOT_SETTABLE}
+    key = canonical(key)
     if key not in kinds:
         hint = f" (give it as {_NOT_SETTABLE[key]})" if key in _NOT_SETTABLE else ""
         raise PluginError(f"--set {key}: unknown setting{hint}; known settings: {', '.join(sorted(kinds))}")

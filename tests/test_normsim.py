@@ -149,16 +149,16 @@ def test_target_change_invalidates_only_normsim(tmp_path, cache_dir, capsys):
 
 STAGE_ERRORS = [
     (["--name", "normsiminf", "--fraction", "0.2", "--normsim_fraction", "0.3", "--target", "T"],
-     "--normsim_fraction 0.3 is larger than --fraction 0.2"),
+     "--relevance_fraction 0.3 is larger than --fraction 0.2"),
     (["--name", "normsim2", "--fraction", "0.3", "--normsim_fraction", "0.2"], "needs --target"),
     (["--name", "normsim_d", "--fraction", "0.3", "--normsim_fraction", "0.2", "--target", "T"],
-     "normsim_d uses no target set"),
+     "--target: only for the baselines that read it (normsim2, normsiminf), not --name normsim_d"),
     (["--name", "negcliploss", "--fraction", "0.3", "--normsim_fraction", "0.2"],
-     "only for the normsim baselines"),
+     "only for the relevance baselines"),
     (["--name", "normsim2", "--fraction", "0.3", "--target", "T"],
-     "exactly one of --normsim_fraction and --normsim_threshold"),
+     "exactly one of --relevance_fraction and --relevance_threshold"),
     (["--name", "normsim2", "--fraction", "0.3", "--normsim_fraction", "0", "--target", "T"],
-     "--normsim_fraction 0.0: must be in (0, 1]"),
+     "--relevance_fraction 0.0: must be in (0, 1]"),
 ]
 
 
