@@ -64,8 +64,8 @@ class Registry(Generic[T]):
 
     def known(self) -> Mapping[str, str]:
         """Every name and where it comes from (``module:attribute``), read-only; nothing is imported."""
-        out = {name: target for name, target in self._builtin.items()}
-        out.update({name: _describe(target) for name, target in self._added.items() if name not in out})
+        out = dict(self._builtin)
+        out.update({name: _describe(target) for name, target in self._added.items()})  # clobber=True wins
         out.update({name: point.value for name, point in self._entry_points().items() if name not in out})
         return MappingProxyType(out)
 
@@ -75,12 +75,14 @@ class Registry(Generic[T]):
 
     def origin(self, name: str) -> str:
         """Where ``name`` comes from, for messages: its entry point, or the built-in module."""
+        if name in self._added:
+            return f"registered {_describe(self._added[name])}"
         if name in self._builtin:
             return f"built-in {self._builtin[name]}"
         point = self._entry_points().get(name)
         if point is not None:
             return f"entry point {name} = {point.value} ({self.group})"
-        return f"registered {_describe(self._added.get(name))}"
+        return f"unknown {self.kind} {name}"
 
     def hint(self, name: str) -> str | None:
         return self._hints.get(name)
@@ -99,11 +101,11 @@ class Registry(Generic[T]):
 
     # --- objects ----------------------------------------------------------------------------------------------
     def _import(self, name: str) -> Any:
-        if name in self._builtin:
-            return import_target(self._builtin[name])
         if name in self._added:
             target = self._added[name]
             return import_target(target) if isinstance(target, str) else target
+        if name in self._builtin:
+            return import_target(self._builtin[name])
         return self._entry_points()[name].load()
 
     def _accept(self, name: str, accepted: Mapping[str, T]) -> T | None:
