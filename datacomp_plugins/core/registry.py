@@ -179,22 +179,18 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# Optional dependencies: the extra that brings each, named once.
+# Optional dependencies: each extra of pyproject.toml, the module that says it is installed, and its hint.
+_EXTRA_MODULES = {"ray": "ray", "report": "matplotlib", "inspect": "PIL", "embed": "open_clip",
+                  "minicomp": "open_clip"}
 EXTRAS: Registry[Any] = Registry(
-    "extra",
-    {"ray": "ray", "matplotlib": "matplotlib", "open_clip": "open_clip", "webdataset": "webdataset",
-     "PIL": "PIL"},
-    hints={"ray": "needs the 'ray' extra: pip install 'datacomp-plugins[ray]'",
-           "matplotlib": "needs the 'report' extra: pip install 'datacomp-plugins[report]'",
-           "open_clip": "needs the 'embed' extra (or 'minicomp'): pip install 'datacomp-plugins[embed]'",
-           "webdataset": "needs the 'embed' extra: pip install 'datacomp-plugins[embed]'",
-           "PIL": "needs the 'inspect' extra (Pillow): pip install 'datacomp-plugins[inspect]'"})
+    "extra", _EXTRA_MODULES,
+    hints={name: f"needs the '{name}' extra: pip install 'datacomp-plugins[{name}]'" for name in _EXTRA_MODULES})
 
 
-def require(module: str, what: str) -> Any:
-    """Import the optional ``module`` now, or a PluginError saying ``what`` needs which extra."""
+def require(extra: str, what: str) -> Any:
+    """The module that extra ``extra`` installs, imported now; else a PluginError saying ``what`` needs it and
+    how to install it."""
     try:
-        return importlib.import_module(module)
+        return import_target(EXTRAS.known()[extra])
     except ImportError as exc:
-        hint = EXTRAS.hint(module) or f"needs {module}"
-        raise PluginError(f"{what}: {hint} ({exc})") from None
+        raise PluginError(f"{what}: {EXTRAS.hint(extra)} ({exc})") from None

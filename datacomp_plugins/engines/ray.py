@@ -37,7 +37,7 @@ from datacomp_plugins.engines.base import EngineOptions, Job
 from datacomp_plugins.scores.base import setting
 from datacomp_plugins.scores.shard import ShardResult, score_shard
 
-INSTALL_HINT = f"--engine ray: {EXTRAS.hint('ray')}"
+INSTALL_HINT = f"--engine ray: {EXTRAS.hint('ray')}"  # one table of extras: core/registry.py
 CONNECT_TIMEOUT_S = 5.0
 SHARD_RETRIES = 2  # a shard whose worker is lost is scored again this many times before the run fails
 

@@ -56,8 +56,9 @@ def register(paths: str | Sequence[str]) -> Any:
     try:
         import open_clip
     except ImportError as exc:
-        raise PluginError(f"the minicomp commands need open_clip ({exc}); "
-                          f"install them with pip install 'datacomp-plugins[minicomp]'") from None
+        from datacomp_plugins.core.registry import EXTRAS
+
+        raise PluginError(f"the minicomp commands: {EXTRAS.hint('minicomp')} ({exc})") from None
     for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.exists(path):
             raise PluginError(f"{path}: model config does not exist")
