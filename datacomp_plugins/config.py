@@ -239,8 +239,8 @@ def validate(config) -> None:
     _check_choice(config, "quality_score")
     _validate_relevance(config)
     _check_inputs_used(config)
-    for spec in scores.registry().values():
-        if spec.role == "restriction":
+    for spec in scores.registry().values():  # the restrictions' and the quality score's own checks
+        if spec.role == "restriction" or spec.name == config.quality:
             spec.check(params_of(spec, config))
     for f in settings():
         if f.name not in ("quality_score", "engine", "precision"):

@@ -133,7 +133,10 @@ class ScoreSpec:
 
     def __init__(self, name: str, role: str, summary: str, params: type | None = None, *,
                  inputs: tuple[str, ...] = (), needs_target: bool = False, products: bool = False,
-                 thresholds: bool = True, note: str | None = None) -> None:
+                 thresholds: bool = True, note: str | None = None, **hooks: Any) -> None:
+        if hooks:  # the earlier form, ScoreSpec(..., shard_score=lambda config, compute, cache: ...)
+            raise TypeError(f"score {name}: hooks {sorted(hooks)} are methods now: subclass ScoreSpec and define "
+                            f"e.g. shard_score(self, params, run) (see docs/ARCHITECTURE.md, Add a score)")
         self.name, self.role, self.summary, self.params = name, role, summary, params
         self.inputs, self.needs_target, self.products = tuple(inputs), needs_target, products
         self.thresholds, self.note = thresholds, note
