@@ -172,16 +172,17 @@ def default_manifest(metadata_dir: str) -> str:
 
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
-    from datacomp_plugins.config import FilterConfig, refuse_input_as_output, validate
+    from datacomp_plugins.config import FilterConfig, canonical, refuse_input_as_output, validate
     from datacomp_plugins.core.uids import load_uid_file, save_uid_file
     from datacomp_plugins.pipeline import run_filter
 
-    settings = {k: _fill(v, values, recipe) for k, v in recipe.filter.items()}
+    # older names (normsim_fraction) as their settings, so an override under either name replaces the value
+    settings = {canonical(k): _fill(v, values, recipe) for k, v in recipe.filter.items()}
     union = [_fill(v, values, recipe) for v in recipe.union]
     for path in union:
         if not isinstance(path, str):
             raise PluginError(f"recipe {recipe.name}: [union] files holds {path!r}; expected uid file paths")
-    settings.update(overrides)
+    settings.update({canonical(k): v for k, v in overrides.items()})
     wanted = [key for key in MANIFEST_SETTINGS if settings.get(key) == FROM_MANIFEST]
     if wanted:
         found = teacher_settings(values.get("manifest") or default_manifest(metadata_dir), settings.get("arch", "l14"))

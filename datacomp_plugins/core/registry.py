@@ -37,8 +37,12 @@ class Registry(Generic[T]):
     """Named, lazily imported objects of one kind (``"score"``, ``"engine"``, ``"extra"``)."""
 
     def __init__(self, kind: str, builtin: Mapping[str, str], group: str | None = None,
-                 check: Check | None = None, hints: Mapping[str, str] | None = None) -> None:
+                 check: Check | None = None, hints: Mapping[str, str] | None = None,
+                 check_needs_all: bool = False) -> None:
+        """``check`` vets each object against those accepted before it; ``check_needs_all``: that comparison
+        matters (setting names must not collide), so asking for one object loads them all, in order."""
         self.kind = kind
+        self._check_needs_all = check_needs_all
         self.group = group
         self._builtin = dict(builtin)
         self._added: dict[str, str | Any] = {}
@@ -142,7 +146,7 @@ class Registry(Generic[T]):
         label = f"{flag} {name}" if flag else f"{self.kind} {name!r}"
         if name not in self.known():
             raise PluginError(f"{label}: unknown; expected one of {list(self.names())}")
-        if self._check is not None and getattr(self._check, "needs_all", False):
+        if self._check_needs_all:
             found = self.load_all().get(name)
         else:
             found = self._accept(name, MappingProxyType(dict(self._objects)))

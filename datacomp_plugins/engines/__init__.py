@@ -57,8 +57,7 @@ def _check(name: str, factory: Any, accepted: Mapping[str, Any]) -> Any:
     return factory
 
 
-_check.needs_all = True
-REGISTRY: Registry[Any] = Registry("engine", ENGINES, ENTRY_POINT_GROUP, _check)
+REGISTRY: Registry[Any] = Registry("engine", ENGINES, ENTRY_POINT_GROUP, _check, check_needs_all=True)
 
 
 def engine_names() -> tuple[str, ...]:

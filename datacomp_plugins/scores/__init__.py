@@ -66,8 +66,8 @@ def _check(name: str, spec: Any, accepted: Mapping[str, ScoreSpec]) -> ScoreSpec
     return spec
 
 
-_check.needs_all = True  # a setting collision depends on the scores accepted before it
-REGISTRY: Registry[ScoreSpec] = Registry("score", BUILTIN, ENTRY_POINT_GROUP, _check)
+# a setting collision depends on the scores accepted before it
+REGISTRY: Registry[ScoreSpec] = Registry("score", BUILTIN, ENTRY_POINT_GROUP, _check, check_needs_all=True)
 
 
 def registry() -> Mapping[str, ScoreSpec]:

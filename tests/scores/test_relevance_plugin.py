@@ -151,6 +151,11 @@ def test_filter_recipe_and_scores_run_a_relevance_score_from_another_package(plu
                   "--no_progress")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "r.npy").read_bytes() == (tmp_path / "a.npy").read_bytes()
+    # an override under the new name replaces the recipe's value under the older one
+    result = _cli("recipe", str(recipe), "--metadata_dir", pool, "--save_path", str(tmp_path / "r2.npy"),
+                  "--set", "relevance_fraction=0.125", "--no_progress")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(tmp_path / "r2.npy"), _expected(uids, hits, clip, 0.5, relevance=0.125))
 
     # the scores table: one column of per-sample values, exactly the hit counts
     result = _cli("scores", "--metadata_dir", pool, "--scores", "keyword_hits", "--keywords", str(words), "--out",
