@@ -26,10 +26,11 @@ def run_context(config, compute=None, pool=None, cache=None) -> RunContext:
 
 
 def relevance_cut(config) -> StageCut:
+    """How much the relevance stage keeps (for a score's ``rule``, which describes it in the sidecar)."""
     return StageCut(config.relevance_fraction, config.relevance_threshold)
 
 
-def engine_options(config):
+def engine_options(config) -> Any:
     """The chosen engine's options from a run's settings: the shared ones and its own Params."""
     from datacomp_plugins import engines
 

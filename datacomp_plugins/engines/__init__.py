@@ -47,6 +47,11 @@ def _check(name: str, factory: Any, accepted: Mapping[str, Any]) -> Any:
         return factory
     if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):
         raise TypeError("its params must be a frozen dataclass")
+    if name in ENGINES:  # a built-in engine's settings are reserved, so no score plugin can take them
+        unreserved = {f.name for f in dataclasses.fields(params)} - scores.RESERVED_SETTINGS
+        if unreserved:
+            raise TypeError(f"built-in engine {name}: add {sorted(unreserved)} to scores.RESERVED_SETTINGS")
+        return factory
     others = [f for spec in scores.registry().values() for f in spec.settings()]
     others += [f for other in accepted.values() if (p := engine_params(other)) is not None
                for f in dataclasses.fields(p)]

@@ -34,13 +34,14 @@ BUILTIN: dict[str, str] = {
     "external": "datacomp_plugins.scores.external:SPEC",
 }
 
-# The run's own settings (DataComp's flags and config.RUN_SETTINGS; config.py checks the two agree): no score
-# may take one of these names, nor redefine another score's setting with another type or default.
+# The run's own settings (DataComp's flags and config.RUN_SETTINGS; config.py checks the two agree) and the
+# built-in engines' (engines/ checks): no score may take one of these names, nor redefine another score's
+# setting with another type or default.
 RESERVED_SETTINGS = frozenset({
     "name", "metadata_dir", "save_path", "arch", "fraction", "threshold", "num_workers", "num_gpus", "batch_size",
     "precision", "quality_score", "relevance_fraction", "relevance_threshold", "normsim_fraction",
     "normsim_threshold", "cache_dir", "given_uids", "allow_empty", "streaming", "engine", "progress",
-    "no_progress", "image_based_scale", "storage_options"})
+    "no_progress", "image_based_scale", "storage_options", "ray_address"})
 
 
 def type_name(kind: Any) -> str:

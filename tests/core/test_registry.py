@@ -120,3 +120,28 @@ def test_help_and_version_import_no_plugin_and_a_wrong_hook_is_one_warning(tmp_p
     assert len(warnings) == 1 and "score 'old_style'" in warnings[0], result.stderr
     assert "shard_score(config, compute, cache) must take (params, run)" in warnings[0]
     assert "old_style" not in result.stdout  # not offered as a --name choice
+
+
+def test_a_score_is_checked_against_the_contract_and_the_taken_setting_names():
+    from dataclasses import dataclass
+
+    from datacomp_plugins import scores
+    from datacomp_plugins.scores.base import ScoreSpec, setting
+
+    @dataclass(frozen=True)
+    class Grabs:
+        ray_address: str | None = setting(None, "a built-in engine's setting")
+
+    class Quality(ScoreSpec):
+        def shard_score(self, params, run):
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match=r"its setting\(s\) \['ray_address'\] collide"):
+        scores._check("grabs", Quality("grabs", "quality", "x", Grabs), {})
+    with pytest.raises(TypeError, match="a relevance score must define shard_score or select"):
+        scores._check("empty", ScoreSpec("empty", "relevance", "no hooks"), {})
+    with pytest.raises(TypeError, match="a restriction score must define restrict"):
+        scores._check("half", Quality("half", "restriction", "x"), {})
+    with pytest.raises(TypeError, match=r"expected a ScoreSpec named 'other'"):
+        scores._check("other", Quality("grabs", "quality", "x"), {})
+    assert scores._check("fine", Quality("fine", "quality", "x"), {}).name == "fine"
