@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from datacomp_plugins import __version__
-from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.errors import PluginError, from_environment
 
 # Modules that provide subcommands, in the order --help lists them.
 COMMAND_MODULES = (
@@ -32,8 +32,15 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser; DataComp's patch reuses the filter flags from here."""
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The parser; DataComp's patch reuses the filter flags from here.
+
+    ``command``: the subcommand about to run, whose flags are built in full; every other one gets only the
+    flags that need no registry, so ``--help`` and ``--version`` import no score or engine plugin. ``"*"``
+    (the default) builds every command in full.
+    """
+    from datacomp_plugins import flags
+
     parser = argparse.ArgumentParser(
         prog="datacomp-plugins",
         description="negCLIPLoss and NormSim data-filtering baselines for DataComp.",
@@ -42,14 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    for command in subparsers.choices.values():  # every command that reads a pool may read a remote one
-        if any("--metadata_dir" in action.option_strings for action in command._actions):
-            command.add_argument("--storage_options", metavar="JSON", default=None,
-                                 help="arguments for --metadata_dir's filesystem (s3fs, gcsfs, ...), e.g. "
-                                      "'{\"endpoint_url\": \"https://...\", \"profile\": \"p\"}'; "
-                                      "credentials otherwise come from the environment or fsspec's config")
+        module = importlib.import_module(name)
+        if command == "*" or command == _command_of(module):
+            module.register(subparsers)
+        else:
+            with flags.static_only():
+                module.register(subparsers)
+    for sub in subparsers.choices.values():  # every command that reads a pool may read a remote one
+        if any("--metadata_dir" in action.option_strings for action in sub._actions):
+            sub.add_argument("--storage_options", metavar="JSON", default=None,
+                             help="arguments for --metadata_dir's filesystem (s3fs, gcsfs, ...), e.g. "
+                                  "'{\"endpoint_url\": \"https://...\", \"profile\": \"p\"}'; "
+                                  "credentials otherwise come from the environment or fsspec's config")
     return parser
+
+
+def _command_of(module) -> str:
+    """The subcommand a module registers (learnt once by registering it into a scratch parser)."""
+    if module.__name__ not in _COMMAND_NAMES:
+        from datacomp_plugins import flags
+
+        scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
+        with flags.static_only():
+            module.register(scratch)
+        _COMMAND_NAMES[module.__name__] = next(iter(scratch.choices))
+    return _COMMAND_NAMES[module.__name__]
+
+
+_COMMAND_NAMES: dict[str, str] = {}
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is no option), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runtime.configure()  # before any subcommand imports torch
 
-    parser = build_parser()
+    parser = build_parser(_chosen(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     try:
         with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C (workers, temporaries)
@@ -76,12 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit stays silent
         return 141
     except OSError as exc:  # the environment, not our bug: disk full, read-only folder, file in the way
-        from datacomp_plugins.core.fileio import ENVIRONMENT_ERRNOS
-
-        if exc.errno not in ENVIRONMENT_ERRNOS:
+        error = from_environment(exc)
+        if error is None:
             raise
-        print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}; nothing was written there",
-              file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("interrupted: no output was written", file=sys.stderr)

@@ -1,15 +1,18 @@
 """A filter run's settings: the baselines (as data), the settings' schema and every check that needs no data.
 
-:data:`FilterConfig` is built from the registry: the run's own settings below plus every registered score's
-settings (scores/), so a new score's settings are ``filter`` flags, recipe keys and DataComp ``baselines.py``
-flags without an edit here. A baseline is a quality stage, a relevance stage, or both; each registered
-quality score is a baseline of its own name, and each relevance score one that runs after the quality stage
-named by ``--quality_score``.
+:data:`FilterConfig` is built from the registries, the first time it is asked for (importing this module
+loads no score): the run's own settings below, every registered score's settings (scores/) and every
+engine's (engines/), so a new score's or engine's settings are ``filter`` flags, recipe keys and DataComp
+``baselines.py`` flags without an edit here. A hook never sees a FilterConfig: it gets its score's own
+Params (:func:`params_of`) and a small RunContext (:func:`run_context`). A baseline is a quality stage, a
+relevance stage, or both; each registered quality score is a baseline of its own name, and each relevance
+score one that runs after the quality stage named by ``--quality_score``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,7 @@ from datacomp_plugins.core.cache import CACHE_ENV, default_cache_dir
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import check_folder_writable, check_writable
 from datacomp_plugins.core.pool import ARCH_DIMS
+from datacomp_plugins.runs import Summary, engine_options, params_of  # noqa: F401 (Summary: its old home)
 from datacomp_plugins.scores.base import ScoreSpec, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: the faster of fp32/bf16 here, measured (precision.py)
@@ -72,11 +76,13 @@ RUN_SETTINGS: list[tuple[str, str, Any]] = [
     ("quality_score", "str", setting(
         "negcliploss", "normsim baselines: the quality stage's score (--fraction/--threshold); --fraction 1.0 "
         "means no quality stage", choices=lambda: scores.names("quality"))),
-    ("normsim_fraction", "float | None", setting(
-        None, "normsim baselines: keep floor(N*F2) of the pool (N samples) by NormSim among the quality stage's "
-        "survivors (paper: --fraction 0.3 --normsim_fraction 0.2)", ranges.FRACTION)),
-    ("normsim_threshold", "float | None", setting(
-        None, "normsim2/normsiminf: keep survivors with NormSim >= this instead", ranges.THRESHOLD)),
+    ("relevance_fraction", "float | None", setting(
+        None, "relevance baselines (normsim2, normsiminf, normsim_d, a plugin's): keep floor(N*F2) of the pool "
+        "(N samples) by the relevance score among the quality stage's survivors (paper: --fraction 0.3 "
+        "--relevance_fraction 0.2); alias --normsim_fraction", ranges.FRACTION)),
+    ("relevance_threshold", "float | None", setting(
+        None, "relevance baselines: keep survivors with a relevance score >= this instead; alias "
+        "--normsim_threshold", ranges.THRESHOLD)),
     ("cache_dir", "str | None", setting(
         None, f"score cache; unset: ${CACHE_ENV} or ~/.cache/datacomp_plugins/scores")),
     ("given_uids", "str | None", setting(
@@ -90,7 +96,6 @@ RUN_SETTINGS: list[tuple[str, str, Any]] = [
     ("engine", "str", setting(
         "local", "local: this machine's processes; ray: Ray tasks on a cluster (extra 'ray'); or an engine an "
         "installed package registers", choices=_engine_names)),
-    ("ray_address", "str | None", setting(None, "Ray cluster to join; unset: $RAY_ADDRESS, else start a local one")),
     ("progress", "bool", setting(True, "progress bars", flag=False)),  # the flag is --no_progress
 ]
 
@@ -112,56 +117,95 @@ class _Stages:
         """The relevance score's name, or None for a quality stage alone."""
         return self.baseline.relevance
 
+    @property
+    def normsim_fraction(self) -> float | None:
+        """The older name of ``relevance_fraction`` (DataComp's patched baselines.py, recipes)."""
+        return self.relevance_fraction
 
-def type_name(kind: Any) -> str:
-    """A field's type as the schema writes it ("float", "str | None"), whether or not its module postpones
-    annotations (a score from another package may not)."""
-    return kind if isinstance(kind, str) else getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")
+    @property
+    def normsim_threshold(self) -> float | None:
+        """The older name of ``relevance_threshold``."""
+        return self.relevance_threshold
+
+
+# Older names of settings, still accepted as flags, recipe keys and FilterConfig arguments: DataComp's patched
+# baselines.py and the recipes in baselines/ use them.
+ALIASES = {"normsim_fraction": "relevance_fraction", "normsim_threshold": "relevance_threshold"}
+
+
+def canonical(name: str) -> str:
+    """A setting's name, its alias resolved."""
+    return ALIASES.get(name, name)
 
 
 def _score_settings() -> list[tuple[str, str, Any]]:
     """Every registered score's settings, each once (scores may share one, e.g. the NormSims' --target).
 
-    A score from another package whose setting collides with one of ours (or with another score's, typed or
-    defaulted differently) is dropped with a warning, so it cannot take the built-in baselines down.
+    The registry has already left out a plugin whose settings collide with the run's or another score's.
     """
-    import sys
-
-    run = {name for name, _, _ in DATACOMP_SETTINGS + RUN_SETTINGS}
-    seen: dict[str, tuple[str, Any]] = {}
+    seen: set[str] = set()
     out = []
-    for spec in list(scores.registry().values()):
-        own = [(f, type_name(f.type)) for f in spec.settings()]
-        clash = [f.name for f, kind in own if f.name in run or (f.name in seen and seen[f.name] != (kind, f.default))]
-        if clash:
-            if spec.name in scores.BUILTIN:
-                raise PluginError(f"score {spec.name}: setting(s) {clash} collide with another's")
-            print(f"warning: score {spec.name!r} not offered: its setting(s) {clash} collide with another's",
-                  file=sys.stderr)
-            scores.registry().pop(spec.name)
-            continue
-        for f, kind in own:
+    for spec in scores.registry().values():
+        for f in spec.settings():
             if f.name not in seen:
-                seen[f.name] = (kind, f.default)
-                out.append((f.name, kind, field(default=f.default, metadata=f.metadata)))
+                seen.add(f.name)
+                out.append((f.name, type_name(f.type), field(default=f.default, metadata=f.metadata)))
+    return out
+
+
+def _engine_settings() -> list[tuple[str, str, Any]]:
+    """Every registered engine's own settings (its ``params``), flags like any other."""
+    from datacomp_plugins import engines
+
+    out = []
+    for factory in engines.registry().values():
+        params = engines.engine_params(factory)
+        for f in dataclasses.fields(params) if params is not None else ():
+            out.append((f.name, type_name(f.type), field(default=f.default, metadata=f.metadata)))
     return out
 
 
 def _build_config() -> type:
-    """FilterConfig: DataComp's flags, the run's settings, then every registered score's (built once)."""
-    config = dataclasses.make_dataclass("FilterConfig", DATACOMP_SETTINGS + RUN_SETTINGS + _score_settings(),
-                                        bases=(_Stages,))
+    """FilterConfig: DataComp's flags, the run's settings, then every registered score's and engine's."""
+    names = {name for name, _, _ in DATACOMP_SETTINGS + RUN_SETTINGS} | set(ALIASES)
+    assert names <= scores.RESERVED_SETTINGS, f"scores.RESERVED_SETTINGS lacks {names - scores.RESERVED_SETTINGS}"
+    config = dataclasses.make_dataclass(
+        "FilterConfig", DATACOMP_SETTINGS + RUN_SETTINGS + _score_settings() + _engine_settings(), bases=(_Stages,))
     config.__module__ = __name__  # pickles by name (worker processes, Ray)
     config.__doc__ = ("All settings of one filter run; names match the command line (DataComp's where they exist) "
                       "and recipe keys.")
+    init = config.__init__
+
+    def __init__(self, *args, **kwargs) -> None:
+        for old, new in ALIASES.items():
+            if old in kwargs:
+                value = kwargs.pop(old)
+                if new in kwargs and kwargs[new] is not None and kwargs[new] != value:
+                    raise PluginError(f"--{old} {value} and --{new} {kwargs[new]}: one setting given twice "
+                                      f"(--{old} is the older name of --{new})")
+                kwargs[new] = value
+        init(self, *args, **kwargs)
+
+    __init__.__signature__ = inspect.signature(init)
+    config.__init__ = __init__
     return config
 
 
-FilterConfig = _build_config()
+_BUILT: dict[str, type] = {}
 
 
+def __getattr__(name: str) -> Any:
+    """``FilterConfig`` is built the first time it is asked for: importing this module loads no plugin."""
+    if name == "FilterConfig":
+        if name not in _BUILT:
+            _BUILT[name] = _build_config()
+        return _BUILT[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+type_name = scores.type_name
 def settings() -> tuple[dataclasses.Field, ...]:
-    return dataclasses.fields(FilterConfig)
+    return dataclasses.fields(__getattr__("FilterConfig"))
 
 
 def number_ranges() -> dict[str, ranges.Range]:
@@ -174,36 +218,9 @@ def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
     return tuple(choices()) if callable(choices) else choices
 
 
-@dataclass
-class Summary:
-    """What a run did, for the closing line and for callers (tests, the demo)."""
-
-    name: str
-    pool_rows: int = 0
-    pool_samples: int = 0
-    duplicates: int = 0
-    unscorable: int = 0
-    missing_scores: int = 0
-    after_quality: int = 0
-    kept: int = 0
-    shards: int = 0
-    shards_scored: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        share = 100.0 * self.kept / self.pool_samples if self.pool_samples else 0.0
-        extra = "".join(f"; {note}" for note in self.notes)
-        if self.after_quality != self.kept:
-            extra = f"; {self.after_quality} after the quality stage" + extra
-        return (f"{self.name}: kept {self.kept} of {self.pool_samples} samples ({share:.1f}%) from "
-                f"{self.shards} shards ({self.shards_scored} scored, {self.shards - self.shards_scored} "
-                f"from cache); {self.unscorable} not scorable; {self.duplicates} duplicate uids counted "
-                f"once{extra}; {self.seconds:.1f} s")
-
-
 def validate(config) -> None:
     """Every setting check that needs no data, so bad settings fail before any heavy work."""
+    from datacomp_plugins import engines
     from datacomp_plugins.core.compute import check_gpus
 
     for spec in settings():  # a recipe or the Python API may hand over any type
@@ -221,9 +238,10 @@ def validate(config) -> None:
     check_numbers(config)
     _check_choice(config, "quality_score")
     _validate_relevance(config)
-    for spec in scores.registry().values():
-        if spec.role == "restriction" and spec.check is not None:
-            spec.check(config)
+    _check_inputs_used(config)
+    for spec in scores.registry().values():  # the restrictions' and the quality score's own checks
+        if spec.role == "restriction" or spec.name == config.quality:
+            spec.check(params_of(spec, config))
     for f in settings():
         if f.name not in ("quality_score", "engine", "precision"):
             _check_choice(config, f.name)
@@ -235,15 +253,19 @@ def validate(config) -> None:
                           "--given_uids/--external_scores")
     _check_choice(config, "engine")
     _check_choice(config, "precision")
-    check_gpus(config.num_gpus, config.engine)
+    engine, options = engines.get_engine(config.engine), engine_options(config)
+    if options.params is not None and hasattr(engine, "check"):
+        engine.check(options.params)
+    if getattr(engine, "local_gpus", False):  # a cluster engine checks its own GPUs
+        check_gpus(config.num_gpus)
     refuse_input_as_output(config)
     check_writable(config.save_path)
     check_folder_writable(config.cache_dir or default_cache_dir(), "--cache_dir")
 
 
 def _restricted(config) -> bool:
-    return any(spec.active(config) for spec in scores.registry().values()
-               if spec.role == "restriction" and spec.active is not None)
+    return any(spec.active(params_of(spec, config)) for spec in scores.registry().values()
+               if spec.role == "restriction")
 
 
 def _check_choice(config, name: str) -> None:
@@ -259,12 +281,20 @@ def check_numbers(config) -> None:
         allowed.check(getattr(config, name), f"--{name}")
 
 
-def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] = ()) -> None:
+def score_inputs(values: Any) -> list[tuple[str, str | None]]:
+    """(flag, path) of every file a registered score declares it reads (``ScoreSpec.inputs``), from a run's
+    settings or a mapping of them."""
+    get = values.get if isinstance(values, dict) else (lambda k: getattr(values, k, None))
+    seen = dict.fromkeys(name for spec in scores.registry().values() for name in spec.inputs)
+    return [(f"--{name}", get(name)) for name in seen]
+
+
+def refuse_input_as_output(config, extra_inputs: tuple[str, ...] = ()) -> None:
     """Refuse a --save_path that is one of the run's inputs (or lies in the score cache), before anything is
     read: the shared check of :func:`datacomp_plugins.core.fileio.refuse_input_as_output`."""
     from datacomp_plugins.core import fileio
 
-    inputs = [("--target", config.target), ("--external_scores", config.external_scores)]
+    inputs = score_inputs(config)
     inputs += [("--given_uids", path) for path in (config.given_uids.split("::") if config.given_uids else [])]
     inputs += [("recipe union file", path) for path in extra_inputs]
     fileio.refuse_input_as_output(config.save_path, "--save_path", inputs,
@@ -272,32 +302,48 @@ def refuse_input_as_output(config: FilterConfig, extra_inputs: tuple[str, ...] =
                                   [("--cache_dir", config.cache_dir or default_cache_dir())])
 
 
-def check_stage_fractions(fraction: float | None, normsim_fraction: float | None) -> None:
-    """The NormSim stage keeps a share of the pool among the quality stage's survivors: never more."""
-    if fraction is not None and normsim_fraction is not None and normsim_fraction > fraction:
-        raise PluginError(f"--normsim_fraction {normsim_fraction} is larger than --fraction {fraction}: the "
-                          "NormSim stage keeps a share of the pool among the quality stage's survivors, so it "
+def check_stage_fractions(fraction: float | None, relevance_fraction: float | None,
+                          flag: str = "--relevance_fraction") -> None:
+    """The relevance stage keeps a share of the pool among the quality stage's survivors: never more."""
+    if fraction is not None and relevance_fraction is not None and relevance_fraction > fraction:
+        raise PluginError(f"{flag} {relevance_fraction} is larger than --fraction {fraction}: the "
+                          "relevance stage keeps a share of the pool among the quality stage's survivors, so it "
                           "cannot keep more than they are")
 
 
 def _validate_relevance(config) -> None:
     relevance = config.relevance
-    given = [flag for flag, value in (("--normsim_fraction", config.normsim_fraction),
-                                      ("--normsim_threshold", config.normsim_threshold),
-                                      ("--target", getattr(config, "target", None))) if value is not None]
+    given = [flag for flag, value in (("--relevance_fraction", config.relevance_fraction),
+                                      ("--relevance_threshold", config.relevance_threshold)) if value is not None]
     if relevance is None:
         if given:
-            raise PluginError(f"{', '.join(given)}: only for the normsim baselines, not --name {config.name}")
+            raise PluginError(f"{', '.join(given)} (alias --normsim_*): only for the relevance baselines "
+                              f"{list(scores.names('relevance'))}, not --name {config.name}")
         return
-    if (config.normsim_fraction is None) == (config.normsim_threshold is None):
-        raise PluginError(f"--name {config.name}: exactly one of --normsim_fraction and --normsim_threshold "
-                          "is required")
-    check_stage_fractions(config.fraction, config.normsim_fraction)
+    if (config.relevance_fraction is None) == (config.relevance_threshold is None):
+        raise PluginError(f"--name {config.name}: exactly one of --relevance_fraction and --relevance_threshold "
+                          "(alias --normsim_fraction / --normsim_threshold) is required")
+    check_stage_fractions(config.fraction, config.relevance_fraction)
     spec: ScoreSpec = scores.get(relevance)
-    if spec.check is not None:
-        spec.check(config)
-    if not spec.thresholds and config.normsim_threshold is not None:
-        raise PluginError(f"--normsim_threshold: {relevance} needs --normsim_fraction (its final size)")
+    spec.check(params_of(spec, config))
+    if not spec.thresholds and config.relevance_threshold is not None:
+        raise PluginError(f"--relevance_threshold: {relevance} needs --relevance_fraction (its final size)")
     if spec.needs_target and getattr(config, "target", None) is None:
         raise PluginError(f"--name {config.name}: needs --target (in1k, or a .npy/.npz/.pt file or folder of "
                           "target image embeddings)")
+
+
+def _check_inputs_used(config) -> None:
+    """A file input of the quality or relevance scores (``--target``) given to a run whose stages do not read
+    it is a mistake: say which baselines read it."""
+    used = {config.quality, config.relevance} - {None}
+    for spec in scores.registry().values():
+        if spec.role == "restriction":
+            continue
+        for name in spec.inputs:
+            if getattr(config, name, None) is None:
+                continue
+            readers = [s.name for s in scores.registry().values() if name in s.inputs]
+            if not used & set(readers):
+                raise PluginError(f"--{name}: only for the baselines that read it ({', '.join(readers)}), "
+                                  f"not --name {config.name}")

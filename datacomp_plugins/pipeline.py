@@ -16,14 +16,15 @@ import numpy as np
 from tqdm import tqdm
 
 from datacomp_plugins import provenance, scores
-from datacomp_plugins.config import FilterConfig, Summary, validate
+from datacomp_plugins.config import Summary, validate
 from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
-from datacomp_plugins.core.compute import Compute, decide, device_for
+from datacomp_plugins.core.compute import decide
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Pool
 from datacomp_plugins.core.progress import disable as progress_disable
 from datacomp_plugins.core.uids import UID_DTYPE, save_uid_file
-from datacomp_plugins.scores.base import Score, ScoreSpec
+from datacomp_plugins.runs import engine_options, params_of, relevance_cut, run_context
+from datacomp_plugins.scores.base import RunContext, Score, ScoreSpec
 from datacomp_plugins.select.masks import (
     datacomp_fraction_mask,
     first_occurrence,
@@ -47,45 +48,46 @@ class Plan:
         use_quality = not (config.fraction == 1.0 and relevance is not None)
         quality = scores.get(config.quality) if use_quality else None
         return cls(quality, relevance, relevance is None and quality is not None
-                   and quality.exact_values is not None)
+                   and quality.provides("exact_values"))
 
     @property
     def products(self) -> bool:
         """Whether anything is multiplied in --precision (else ``auto`` needs no probe)."""
         return any(spec is not None and spec.products for spec in (self.quality, self.relevance))
 
-    def shard_scores(self, config, compute: Compute, cache: ScoreCache) -> dict[str, Score]:
+    def shard_scores(self, config, run: RunContext) -> dict[str, Score]:
         """The per-shard scores to cache, by stage: the quality stage's (unless read exactly), the relevance's."""
         out = {}
         if self.quality is not None and not self.exact:
-            out["quality"] = self.quality.shard_score(config, compute, cache)
-        if self.relevance is not None and self.relevance.shard_score is not None:
-            out["relevance"] = self.relevance.shard_score(config, compute, cache)
+            out["quality"] = self.quality.shard_score(params_of(self.quality, config), run)
+        if self.relevance is not None and self.relevance.provides("shard_score"):
+            out["relevance"] = self.relevance.shard_score(params_of(self.relevance, config), run)
         return out
 
 
 def shard_score(config, name: str, cache: ScoreCache | None = None) -> Score:
-    """The cached per-shard score ``name`` with ``config``'s settings, as a run would build it (for the
-    ``scores`` command, compare, tools and tests; NormSim needs ``cache`` for its materialised target)."""
-    compute = Compute(device=device_for(config.num_gpus), precision=config.precision,
-                      block_rows=config.batch_size, progress=config.progress)
-    return scores.get(name).shard_score(config, compute, cache)
+    """The cached per-shard score ``name`` with ``config``'s settings, as a run would build it (for compare,
+    tools and tests; NormSim needs ``cache`` for its materialised target)."""
+    spec = scores.get(name)
+    return spec.shard_score(params_of(spec, config), run_context(config, cache=cache))
 
 
-def score_pool(pool: Pool, cache: ScoreCache, shard_scores: tuple[Score, ...], config) -> int:
-    """Make sure every shard has every score cached, by the chosen engine; returns how many shards computed.
+def score_pool(pool: Pool, cache: ScoreCache, shard_scores: tuple[Score, ...], engine_name: str = "local",
+               options=None, progress: bool = True, label: str = "scoring") -> int:
+    """Make sure every shard has every score cached, by engine ``engine_name`` with ``options`` (an
+    EngineOptions); returns how many shards computed.
 
     Whichever ``--engine`` scores, selection afterwards reads the cache in shard order, so the engine never
     changes a uid file (see engines/base.py).
     """
     from datacomp_plugins.engines import EngineOptions, Job, get_engine, uncached_shards
 
-    engine = get_engine(config.engine)
+    engine = get_engine(engine_name)
     job = Job(pool, cache, shard_scores)
     shards = pool.shards
     if engine.uncached_only:  # e.g. Ray: an all-cached rerun then connects to no cluster
         shards = uncached_shards(job, shards)
-    results = engine.score(job, shards, EngineOptions(config.num_workers, config.num_gpus, config.ray_address))
+    results = engine.score(job, shards, options if options is not None else EngineOptions())
     computed = done = 0
     bar = None
     try:
@@ -94,8 +96,8 @@ def score_pool(pool: Pool, cache: ScoreCache, shard_scores: tuple[Score, ...], c
             computed += bool(result.computed)
             # the bar appears with the first shard actually scored: a run served from the cache shows none
             if bar is None and result.computed:
-                bar = tqdm(total=len(shards), initial=done, desc=f"scoring {config.name}", unit="shard",
-                           disable=progress_disable(config.progress))
+                bar = tqdm(total=len(shards), initial=done, desc=label, unit="shard",
+                           disable=progress_disable(progress))
             elif bar is not None:
                 bar.update(1)
     finally:  # stops the engine's workers now on an error or Ctrl-C, not when the generator is collected
@@ -128,11 +130,11 @@ def gather(pool: Pool, cache: ScoreCache, scores: tuple[Score, ...]) -> tuple[np
     return (np.concatenate(uids) if uids else np.zeros(0, UID_DTYPE)), joined
 
 
-def exact_column(spec: ScoreSpec, pool: Pool, arch: str, progress: bool = False) -> np.ndarray:
+def exact_column(spec: ScoreSpec, params, run: RunContext) -> np.ndarray:
     """A quality score's values for the whole pool in shard order, as DataComp stores them."""
-    parts = [spec.exact_values(pool, shard, arch)
-             for shard in tqdm(pool.shards, desc=f"reading {spec.name}", unit="shard",
-                               disable=progress_disable(progress))]
+    parts = [spec.exact_values(params, run, shard)
+             for shard in tqdm(run.pool.shards, desc=f"reading {spec.name}", unit="shard",
+                               disable=progress_disable(run.compute.progress))]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -188,13 +190,13 @@ def _restrict(config, uids: np.ndarray, eligible: np.ndarray, summary: Summary) 
         summary.notes.append(f"{path}: {len(given)} uids, {len(given) - int(inside.sum())} not in the pool")
         eligible = eligible & inside
     for spec in scores.registry().values():
-        if spec.role == "restriction" and spec.active is not None and spec.active(config):
-            eligible, missing = spec.restrict(config, uids, eligible, summary.notes)
+        if spec.role == "restriction" and spec.active(params := params_of(spec, config)):
+            eligible, missing = spec.restrict(params, run_context(config), uids, eligible, summary.notes)
             summary.missing_scores += missing
     return eligible
 
 
-def _run_streaming(config, plan: Plan, pool: Pool, cache: ScoreCache, score: Score | None, summary: Summary,
+def _run_streaming(config, plan: Plan, run: RunContext, score: Score | None, summary: Summary,
                    started: float) -> Summary:
     """Quality-stage selection in passes over the cached score files (see select/streaming.py): bounded memory.
 
@@ -202,11 +204,13 @@ def _run_streaming(config, plan: Plan, pool: Pool, cache: ScoreCache, score: Sco
     """
     from datacomp_plugins.select.streaming import kth_largest_streaming, threshold_streaming, top_k_streaming
 
+    pool, cache = run.pool, run.cache
+
     def shards():
         for shard in pool.shards:
             uids = cache.load_uids(shard, verify=False)  # scoring verified every file already
             if score is None:
-                yield uids, plan.quality.exact_values(pool, shard, config.arch)
+                yield uids, plan.quality.exact_values(params_of(plan.quality, config), run, shard)
             else:
                 yield uids, np.asarray(cache.load_score(shard, score, len(uids), verify=False))
 
@@ -249,7 +253,7 @@ def run_filter(config) -> Summary:
     deleted, also when DataComp's patched ``baselines.py`` calls this directly.
     """
     from datacomp_plugins import runtime
-    from datacomp_plugins.core.fileio import ENVIRONMENT_ERRNOS
+    from datacomp_plugins.core.errors import from_environment
     from datacomp_plugins.core.procs import terminate_as_interrupt
 
     runtime.configure()  # also when DataComp's patched baselines.py calls this without our command line
@@ -257,9 +261,10 @@ def run_filter(config) -> Summary:
         try:
             return _run_filter(config)
         except OSError as exc:  # a write the helpers did not name (disk full, read-only): the user's to fix
-            if exc.errno not in ENVIRONMENT_ERRNOS:
+            error = from_environment(exc)
+            if error is None:
                 raise
-            raise PluginError(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+            raise error from None
 
 
 def _run_filter(config) -> Summary:
@@ -271,17 +276,19 @@ def _run_filter(config) -> Summary:
     pool = Pool(config.metadata_dir)
     cache = ScoreCache(config.cache_dir or default_cache_dir(), pool)
     cache.sweep()
-    stage_scores = plan.shard_scores(config, compute, cache)
+    run = run_context(config, compute, pool, cache)
+    stage_scores = plan.shard_scores(config, run)
     summary = Summary(config.name, shards=len(pool.shards))
     if compute.note:
         summary.notes.append(compute.note)
-    summary.shards_scored = score_pool(pool, cache, tuple(stage_scores.values()), config)
+    summary.shards_scored = score_pool(pool, cache, tuple(stage_scores.values()), config.engine,
+                                       engine_options(config), config.progress, f"scoring {config.name}")
     if config.streaming:
-        return _run_streaming(config, plan, pool, cache, stage_scores.get("quality"), summary, started)
+        return _run_streaming(config, plan, run, stage_scores.get("quality"), summary, started)
     uids, gathered = gather(pool, cache, tuple(stage_scores.values()))
     columns = dict(zip(stage_scores, gathered, strict=True))
     if plan.exact:
-        columns["quality"] = exact_column(plan.quality, pool, config.arch, config.progress)
+        columns["quality"] = exact_column(plan.quality, params_of(plan.quality, config), run)
     quality_values, relevance_values = columns.get("quality"), columns.get("relevance")
     eligible = first_occurrence(uids)
     summary.pool_rows = len(uids)
@@ -296,41 +303,43 @@ def _run_filter(config) -> Summary:
     summary.after_quality = int(keep.sum())
     quality_keep = keep
     if plan.relevance is not None:
-        keep = _relevance_stage(config, plan.relevance, compute, pool, cache, uids, keep, relevance_values,
-                                summary)
+        keep = _relevance_stage(config, plan.relevance, run, uids, keep, relevance_values, summary)
     refuse_empty(config, int(keep.sum()), summary)
     summary.kept = int(keep.sum())
     summary.seconds = time.perf_counter() - started
-    rule = plan.relevance.rule(config) if plan.relevance is not None and plan.relevance.rule else None
+    rule = None
+    if plan.relevance is not None:
+        rule = plan.relevance.rule(params_of(plan.relevance, config), relevance_cut(config))
     stages = provenance.filter_stages(config, quality_values, relevance_values, eligible, quality_keep, keep, rule)
     provenance.save_with_sidecar(config.save_path, lambda: save_uid_file(config.save_path, uids[keep]),
                                  provenance.filter_record(config, pool, cache, summary, stages))
     return summary
 
 
-def _relevance_stage(config, spec: ScoreSpec, compute: Compute, pool: Pool, cache: ScoreCache, uids: np.ndarray,
-                     survivors: np.ndarray, values: np.ndarray | None, summary: Summary) -> np.ndarray:
+def _relevance_stage(config, spec: ScoreSpec, run: RunContext, uids: np.ndarray, survivors: np.ndarray,
+                     values: np.ndarray | None, summary: Summary) -> np.ndarray:
     """The relevance stage among the quality stage's survivors: by its cached values, or by its own
     selection when it depends on the selected set (normsim_d)."""
-    want = math.floor(summary.pool_samples * (config.normsim_fraction or 0.0))
-    if spec.select is not None:
-        keep = spec.select(config, compute, pool, cache, uids, survivors, want)
+    want = math.floor(summary.pool_samples * (config.relevance_fraction or 0.0))
+    if spec.provides("select"):
+        keep = spec.select(params_of(spec, config), run, uids, survivors, want)
         if spec.note:
             summary.notes.append(spec.note)
         return keep
-    if config.normsim_fraction is not None:
+    if config.relevance_fraction is not None:
         keep = top_k_mask(values, uids, want, survivors)
     else:
-        keep = threshold_mask(values, config.normsim_threshold, survivors)
-    summary.notes.append(describe_stage(config.relevance, values, survivors, keep, config.normsim_threshold))
+        keep = threshold_mask(values, config.relevance_threshold, survivors)
+    summary.notes.append(describe_stage(config.relevance, values, survivors, keep, config.relevance_threshold,
+                                        source="--relevance_threshold"))
     return keep
 
 
-def refuse_empty(config: FilterConfig, kept: int, summary: Summary) -> None:
+def refuse_empty(config, kept: int, summary: Summary) -> None:
     """Keeping nothing is almost always a wrong --threshold or broken scores: stop unless --allow_empty."""
     if kept or config.allow_empty:
         return
     details = "; ".join(summary.notes)
     raise PluginError(f"--name {config.name}: no sample of the {summary.pool_samples} kept ({details}); nothing "
-                      f"written to {config.save_path}. Check --threshold/--normsim_threshold against the "
+                      f"written to {config.save_path}. Check --threshold/--relevance_threshold against the "
                       "scores above, or pass --allow_empty to write an empty uid file")

@@ -276,8 +276,8 @@ def filter_stages(config, quality: np.ndarray | None, relevance: np.ndarray | No
         stages.append(stage_record("quality", config.quality, quality, eligible, quality_keep, rule))
     if config.relevance is not None:
         if relevance_rule is None:
-            relevance_rule = (f"top fraction {config.normsim_fraction:g} of the pool"
-                              if config.normsim_fraction is not None else f"score >= {config.normsim_threshold:g}")
+            relevance_rule = (f"top fraction {config.relevance_fraction:g} of the pool"
+                              if config.relevance_fraction is not None else f"score >= {config.relevance_threshold:g}")
         stages.append(stage_record("relevance", config.relevance, relevance, quality_keep, keep, relevance_rule))
     return stages
 

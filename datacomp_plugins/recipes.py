@@ -82,9 +82,9 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
         raise PluginError(f"{path}: not valid TOML ({exc})") from None
     if "filter" not in data or "name" not in data["filter"]:
         raise PluginError(f"{path}: a recipe needs a [filter] table with a name")
-    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.config import ALIASES, FilterConfig
 
-    known = {f.name for f in dataclasses.fields(FilterConfig)} - set(_NOT_SETTABLE)
+    known = ({f.name for f in dataclasses.fields(FilterConfig)} | set(ALIASES)) - set(_NOT_SETTABLE)
     unknown = sorted(set(data["filter"]) - known)
     if unknown:
         raise PluginError(f"{path}: unknown filter settings {unknown}; known: {sorted(known)}")
@@ -98,9 +98,10 @@ def load(name_or_path: str, folder: Path = RECIPE_DIR) -> Recipe:
 
 def setting_kind(key: str) -> str:
     """The schema type of a filter setting, as written in FilterConfig ("int", "float | None", "bool", ...)."""
-    from datacomp_plugins.config import FilterConfig
+    from datacomp_plugins.config import FilterConfig, canonical
 
     kinds = {f.name: str(f.type) for f in dataclasses.fields(FilterConfig) if f.name not in _NOT_SETTABLE}
+    key = canonical(key)
     if key not in kinds:
         hint = f" (give it as {_NOT_SETTABLE[key]})" if key in _NOT_SETTABLE else ""
         raise PluginError(f"--set {key}: unknown setting{hint}; known settings: {', '.join(sorted(kinds))}")
@@ -171,16 +172,17 @@ def default_manifest(metadata_dir: str) -> str:
 
 def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str], overrides: dict) -> str:
     """Run the recipe's filter (and union) and write ``save_path``; returns a summary line."""
-    from datacomp_plugins.config import FilterConfig, refuse_input_as_output, validate
+    from datacomp_plugins.config import FilterConfig, canonical, refuse_input_as_output, validate
     from datacomp_plugins.core.uids import load_uid_file, save_uid_file
     from datacomp_plugins.pipeline import run_filter
 
-    settings = {k: _fill(v, values, recipe) for k, v in recipe.filter.items()}
+    # older names (normsim_fraction) as their settings, so an override under either name replaces the value
+    settings = {canonical(k): _fill(v, values, recipe) for k, v in recipe.filter.items()}
     union = [_fill(v, values, recipe) for v in recipe.union]
     for path in union:
         if not isinstance(path, str):
             raise PluginError(f"recipe {recipe.name}: [union] files holds {path!r}; expected uid file paths")
-    settings.update(overrides)
+    settings.update({canonical(k): v for k, v in overrides.items()})
     wanted = [key for key in MANIFEST_SETTINGS if settings.get(key) == FROM_MANIFEST]
     if wanted:
         found = teacher_settings(values.get("manifest") or default_manifest(metadata_dir), settings.get("arch", "l14"))

@@ -2,8 +2,9 @@
 
 Importing :mod:`datacomp_plugins` changes nothing in the process: a library that edits ``os.environ`` on
 import surprises its callers. Instead every entry point that computes scores calls :func:`configure` before
-torch is imported: the command line (``cli.main``), ``filtering.run_filter`` (which DataComp's patched
-``baselines.py`` calls directly), and each engine's worker before it imports torch.
+torch is imported: the command line (``cli.main``), ``pipeline.run_filter`` (which DataComp's patched
+``baselines.py`` reaches through ``datacomp_api.run_baseline``), and each engine's worker before it imports
+torch.
 """
 
 from __future__ import annotations

@@ -227,7 +227,12 @@ class Bad(Score):
         raise KeyError("the model file is missing")
 
 
-SPEC = ScoreSpec("bad_score", "quality", "a broken example", shard_score=lambda config, compute, cache: Bad())
+class BadSpec(ScoreSpec):
+    def shard_score(self, params, run):
+        return Bad()
+
+
+SPEC = BadSpec("bad_score", "quality", "a broken example")
 '''
 
 

@@ -44,9 +44,9 @@ def test_filter_numbers_out_of_range_are_refused_before_any_work(tmp_path, cache
 
 
 NORMSIM_NUMBERS = [
-    (["--normsim_threshold", "nan"], "--normsim_threshold nan: must be a finite number"),
-    (["--normsim_threshold=-inf"], "--normsim_threshold -inf: must be a finite number"),
-    (["--normsim_fraction", "nan"], "--normsim_fraction nan: must be in (0, 1]"),
+    (["--normsim_threshold", "nan"], "--relevance_threshold nan: must be a finite number"),
+    (["--normsim_threshold=-inf"], "--relevance_threshold -inf: must be a finite number"),
+    (["--normsim_fraction", "nan"], "--relevance_fraction nan: must be in (0, 1]"),
 ]
 
 

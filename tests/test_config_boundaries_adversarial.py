@@ -29,7 +29,7 @@ BOUNDARY_FLAGS = {
     "normsim above fraction": (["--name", "normsim_d", "--fraction", "0.5", "--normsim_fraction", "0.5000001"],
                                "is larger than --fraction"),
     "normsim fraction 0": (["--name", "normsim_d", "--fraction", "0.5", "--normsim_fraction", "0"],
-                           "--normsim_fraction 0.0: must be in (0, 1]"),
+                           "--relevance_fraction 0.0: must be in (0, 1]"),
     "external fraction 0": (["--fraction", "0.5", "--external_scores", "x.parquet", "--external_column", "s",
                              "--external_fraction", "0"], "--external_fraction 0.0: must be in (0, 1]"),
 }

@@ -16,7 +16,7 @@ LAYERS = {
     "select": 1,
     "scores": 2,
     "engines": 3,
-    "config": 4, "pipeline": 4, "provenance": 4, "recipes": 4, "filtering": 4,
+    "config": 4, "pipeline": 4, "provenance": 4, "recipes": 4, "filtering": 4, "flags": 4, "datacomp_api": 4, "runs": 4,
     "commands": 5, "apps": 5, "cli": 5, "__main__": 5,
 }
 

@@ -97,7 +97,7 @@ def test_normsim_threshold_keeping_nothing_is_an_error(tmp_path, cache_dir, caps
     np.save(tmp_path / "t.npy", np.eye(2, 768, dtype=np.float32))
     expect_exit_2(capsys, _filter(tmp_path, "--name", "normsiminf", "--fraction", "0.5", "--normsim_threshold", "2",
                                   "--target", str(tmp_path / "t.npy")), tmp_path / "out.npy",
-                  "no sample of the 20 kept", "normsiminf scores", "cut-off 2 (--threshold)")
+                  "no sample of the 20 kept", "normsiminf scores", "cut-off 2 (--relevance_threshold)")
 
 
 @pytest.mark.parametrize("name,extra", [

@@ -36,10 +36,11 @@ from datacomp_plugins.core.fileio import (
     refuse_input_as_output,
 )
 from datacomp_plugins.core.progress import disable as progress_disable
+from datacomp_plugins.core.registry import EXTRAS
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-INSTALL_HINT = "pip install 'datacomp-plugins[embed]'"
+INSTALL_HINT = EXTRAS.hint("embed")
 MAX_WARNINGS = 10
 
 # webdataset's split of a tar member name into sample key and extension: the key ends at the first dot of

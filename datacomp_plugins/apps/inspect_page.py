@@ -224,10 +224,10 @@ class PageBuilder:
         """Base64 JPEG thumbnails of the shown rows that have an image in the tars."""
         if self.images is None or len(rows) == 0:
             return {}
-        try:
-            from PIL import Image, UnidentifiedImageError
-        except ImportError:
-            raise PluginError("--shards: thumbnails need Pillow (pip install 'datacomp-plugins[inspect]')") from None
+        from datacomp_plugins.core.registry import require
+
+        require("inspect", "--shards: thumbnails")
+        from PIL import Image, UnidentifiedImageError
 
         from datacomp_plugins.core.uids import to_hex
 

@@ -22,12 +22,9 @@ from datacomp_plugins.core.errors import PluginError
 
 def import_open_clip(who: str = "the embed command", extra: str = "embed") -> Any:
     """open_clip, or a PluginError saying which extra to install (``who`` needs it)."""
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise PluginError(f"{who} needs open_clip ({exc}); install it with pip install 'datacomp-plugins[{extra}]'") \
-            from None
-    return open_clip
+    from datacomp_plugins.core.registry import require
+
+    return require(extra, who)
 
 
 def register_model_config(open_clip: Any, path: str) -> None:

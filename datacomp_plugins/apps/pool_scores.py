@@ -13,20 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from datacomp_plugins.config import FilterConfig
 from datacomp_plugins.core.cache import ScoreCache, default_cache_dir
+from datacomp_plugins.core.compute import Compute, device_for
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import ARCH_DIMS, Pool, Shard
 from datacomp_plugins.core.progress import disable as progress_disable
 from datacomp_plugins.core.uids import UID_DTYPE
-from datacomp_plugins.scores.base import Score
+from datacomp_plugins.scores.base import RunContext, Score
 
 
 def score_names() -> tuple[str, ...]:
     """Every registered score with one cached value per sample (restrictions and normsim_d have none)."""
     from datacomp_plugins import scores
 
-    return tuple(n for n, spec in scores.registry().items() if spec.shard_score is not None)
+    return tuple(n for n, spec in scores.registry().items() if spec.provides("shard_score"))
 DEFAULT_SCORES = ("clip_score", "negcliploss")
 
 
@@ -50,34 +50,31 @@ class ScoreSettings:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_score_names(text: str | None, target: str | None, flag: str = "--scores") -> tuple[str, ...]:
-    """``a,b`` -> names; default clip_score and negcliploss, plus both NormSims when a target is given."""
+def parse_score_names(text: str | None, params: dict[str, Any] | str | None,
+                      flag: str = "--scores") -> tuple[str, ...]:
+    """``a,b`` -> names; default clip_score and negcliploss, plus both NormSims when a target is given.
+
+    ``params``: the scores' settings by name (or, as before, the ``--target`` value alone).
+    """
+    from datacomp_plugins import scores
+
+    params = params if isinstance(params, dict) else {"target": params}
     if text is None:
-        return DEFAULT_SCORES + (("normsim2", "normsiminf") if target else ())
+        return DEFAULT_SCORES + (("normsim2", "normsiminf") if params.get("target") else ())
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
         raise PluginError(f"{flag} {text!r}: expected comma-separated score names from {list(score_names())}")
     unknown = [n for n in names if n not in score_names()]
     if unknown:
         raise PluginError(f"{flag}: unknown score(s) {unknown}; choose from {list(score_names())}")
-    from datacomp_plugins import scores
-
-    if any(scores.get(n).needs_target for n in names) and not target:
-        raise PluginError(f"{flag}: normsim2/normsiminf need --target (in1k, or a file or folder of target "
+    wanting = [n for n in names if scores.get(n).needs_target]
+    if wanting and not params.get("target"):
+        raise PluginError(f"{flag}: {'/'.join(wanting)} need --target (in1k, or a file or folder of target "
                           "image embeddings)")
+    for name in names:  # each score's own checks, as ``filter`` runs them
+        spec = scores.get(name)
+        spec.check(spec.params_of(params))
     return names
-
-
-def _config(settings: ScoreSettings, name: str) -> FilterConfig:
-    from datacomp_plugins import scores
-
-    relevance = name in scores.registry() and scores.get(name).role == "relevance"
-    return FilterConfig(
-        name=name if name in scores.registry() else "negcliploss", metadata_dir=settings.metadata_dir,
-        save_path="-", arch=settings.arch, fraction=1.0, num_workers=settings.num_workers,
-        num_gpus=settings.num_gpus, batch_size=settings.batch_size, precision=settings.precision,
-        cache_dir=settings.cache_dir, normsim_fraction=1.0 if relevance else None, progress=settings.progress,
-        **settings.params)
 
 
 def check_settings(settings: ScoreSettings) -> None:
@@ -94,22 +91,35 @@ def check_settings(settings: ScoreSettings) -> None:
             ranges[name].check(value, f"--{name}")
 
 
+def run_context(settings: ScoreSettings, pool: Pool, cache: ScoreCache) -> RunContext:
+    """What the scores' hooks receive: the arch and where they compute (no filter run's settings)."""
+    return RunContext(arch=settings.arch, pool=pool, cache=cache, compute=Compute(
+        device=device_for(settings.num_gpus), precision=settings.precision, block_rows=settings.batch_size,
+        progress=settings.progress))
+
+
 class PoolScores:
     """A pool, its cache and the Score objects for the requested names, scored (cached) on construction."""
 
     def __init__(self, settings: ScoreSettings) -> None:
-        from datacomp_plugins.pipeline import score_pool, shard_score
+        from datacomp_plugins import scores
+        from datacomp_plugins.engines import EngineOptions
+        from datacomp_plugins.pipeline import score_pool
 
         check_settings(settings)
         self.settings = settings
         self.pool = Pool(settings.metadata_dir)
         self.cache = ScoreCache(settings.cache_dir or default_cache_dir(), self.pool)
         self.names = tuple(settings.scores)
+        run = run_context(settings, self.pool, self.cache)
         objects: list[Score] = []
         for name in self.names:
-            objects.append(shard_score(_config(settings, name), name, self.cache))
+            spec = scores.get(name)
+            objects.append(spec.shard_score(spec.params_of(settings.params), run))
         self.objects = tuple(objects)
-        self.shards_scored = score_pool(self.pool, self.cache, self.objects, _config(settings, "scores"))
+        self.shards_scored = score_pool(self.pool, self.cache, self.objects, "local",
+                                        EngineOptions(settings.num_workers, settings.num_gpus), settings.progress,
+                                        "scoring")
 
     def shards(self) -> Iterator[tuple[Shard, np.ndarray, dict[str, np.ndarray]]]:
         """(shard, uids, {name: float32 values}) per shard, in stem order, memory-mapped from the cache."""

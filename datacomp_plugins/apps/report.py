@@ -409,9 +409,9 @@ def render_png(rows: Sequence[Row]) -> bytes:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise PluginError(
-            "--out: report.png needs matplotlib; install it with pip install 'datacomp-plugins[report]'"
-        ) from None
+        from datacomp_plugins.core.registry import EXTRAS
+
+        raise PluginError(f"--out: report.png {EXTRAS.hint('report')}") from None
     n = max(len(rows), 1)
     width = 0.8 / n
     fig = Figure(figsize=(min(16.0, 8.0 + 0.6 * n), 5.0))

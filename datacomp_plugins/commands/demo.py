@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_fraction(args.fraction, "--fraction")
     check_fraction(args.normsim_fraction, "--normsim_fraction")
-    check_stage_fractions(args.fraction, args.normsim_fraction)  # before the pool is built, not after
+    # before the pool is built, not after
+    check_stage_fractions(args.fraction, args.normsim_fraction, "--normsim_fraction")
     entries = default_entries(args.out, args.fraction, args.normsim_fraction)
     rows, totals, relevant = kept_by_kind(args.out, entries, rebuild=args.rebuild)
     print(render(rows, totals, relevant))

@@ -6,6 +6,7 @@ import argparse
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
 from datacomp_plugins.core.procs import available_cpus
+from datacomp_plugins.core.registry import EXTRAS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "as a float32 .npy of shape (n_images, embed_dim). Rows follow the input order: folder files "
             "sorted by path, tar shards in the given order and their members in tar order (the first image "
             "of each webdataset sample). Unreadable images are skipped and counted. "
-            "Needs the embed extra: pip install 'datacomp-plugins[embed]'."
+            f"{EXTRAS.hint('embed').capitalize()}."
         ),
     )
     parser.add_argument("--model", required=True,

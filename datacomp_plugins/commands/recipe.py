@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from datacomp_plugins.commands import DefaultsHelpFormatter
+from datacomp_plugins.flags import add_engine_arguments, engine_setting_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fill another placeholder or override a filter setting (repeatable)")
     for flag, kind in (("--num_workers", int), ("--num_gpus", int), ("--batch_size", int), ("--cache_dir", str),
-                       ("--engine", str), ("--ray_address", str)):
+                       ("--engine", str)):
         parser.add_argument(flag, type=kind, default=None, help="as for `filter`")
+    add_engine_arguments(parser, default_none=True)  # each engine's own settings, from its schema
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -58,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             values[key] = value
         else:
             overrides[key] = recipes.parse_setting(key, value)  # typed by the filter settings' schema
-    for key in ("num_workers", "num_gpus", "batch_size", "cache_dir", "engine", "ray_address"):
-        if getattr(args, key) is not None:
+    for key in ("num_workers", "num_gpus", "batch_size", "cache_dir", "engine", *engine_setting_names()):
+        if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     overrides["progress"] = not args.no_progress
     print(recipes.run(recipe, args.metadata_dir, args.save_path, values, overrides))

@@ -12,9 +12,7 @@ from datacomp_plugins.core.pool import ARCH_DIMS
 def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> None:
     """Flags that define the scores: the run's compute settings and every registered score's own settings,
     with the names and defaults of ``filter`` (so the cache is shared)."""
-    from datacomp_plugins import scores
-    from datacomp_plugins.commands.filter import _add
-    from datacomp_plugins.config import type_name
+    from datacomp_plugins import flags
 
     parser.add_argument("--arch", choices=sorted(ARCH_DIMS), default="l14", help="which CLIP embeddings to use")
     parser.add_argument("--scores", default=None, help=scores_help)
@@ -25,21 +23,14 @@ def add_score_arguments(parser: argparse.ArgumentParser, scores_help: str) -> No
     parser.add_argument("--batch_size", type=int, default=0, help="logit rows held at once (0: automatic)")
     parser.add_argument("--cache_dir", default=None, help="score cache (None: as for filter)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    seen = set()
-    for spec in scores.registry().values():
-        if spec.shard_score is None:
-            continue
-        for f in spec.settings():
-            if f.name not in seen:
-                seen.add(f.name)
-                _add(parser, f.name, type_name(f.type), f)
+    flags.add_score_arguments(parser)
 
 
 def score_params(args: argparse.Namespace) -> dict:
     """The registered scores' settings from parsed flags, by name."""
     from datacomp_plugins import scores
 
-    return {f.name: getattr(args, f.name) for spec in scores.registry().values() if spec.shard_score is not None
+    return {f.name: getattr(args, f.name) for spec in scores.registry().values() if spec.provides("shard_score")
             for f in spec.settings() if hasattr(args, f.name)}
 
 
@@ -49,7 +40,7 @@ def settings_from_args(args: argparse.Namespace, metadata_dir: str):
 
     params = score_params(args)
     return ScoreSettings(
-        metadata_dir=metadata_dir, arch=args.arch, scores=parse_score_names(args.scores, params.get("target")),
+        metadata_dir=metadata_dir, arch=args.arch, scores=parse_score_names(args.scores, params),
         precision=args.precision, num_workers=args.num_workers, num_gpus=args.num_gpus,
         batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress, params=params)
 
@@ -57,10 +48,11 @@ def settings_from_args(args: argparse.Namespace, metadata_dir: str):
 def refuse_overwriting_inputs(out: str, flag: str, settings, inputs: list[tuple[str, str | None]] = ()) -> None:
     """The shared input-is-output check for the commands built on the score cache: the pool's shards, the
     target, the score cache and the command's own ``inputs`` are never an output."""
+    from datacomp_plugins.config import score_inputs
     from datacomp_plugins.core.cache import default_cache_dir
     from datacomp_plugins.core.fileio import refuse_input_as_output
 
-    refuse_input_as_output(out, flag, [*inputs, ("--target", settings.params.get("target"))],
+    refuse_input_as_output(out, flag, [*inputs, *score_inputs(settings.params)],
                            [("--metadata_dir", settings.metadata_dir)],
                            [("--cache_dir", settings.cache_dir or default_cache_dir())])
 

@@ -27,9 +27,10 @@ def device_for(num_gpus: int) -> str:
     return "cuda" if num_gpus > 0 else "cpu"
 
 
-def check_gpus(num_gpus: int, engine: str) -> None:
-    """Refuse more GPUs than this machine shows (a Ray cluster checks its own GPUs)."""
-    if num_gpus > 0 and engine == "local":
+def check_gpus(num_gpus: int) -> None:
+    """Refuse more GPUs than this machine shows (called for engines whose workers run here; a cluster engine
+    checks its own GPUs)."""
+    if num_gpus > 0:
         import torch
 
         if torch.cuda.device_count() < num_gpus:

@@ -1,6 +1,6 @@
 """The engine contract: run "score one shard" over many shards, so that every shard's scores are cached.
 
-The score cache is the hand-off. An engine only fills the cache; the caller (``filtering.score_pool``) then
+The score cache is the hand-off. An engine only fills the cache; the caller (``pipeline.score_pool``) then
 reads every shard's uids and scores from the cache in shard order and selects from them, so the uid file
 never depends on the engine, its number of workers or where they ran, and a killed run resumes where it
 stopped. That is also why results may arrive in any order.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from datacomp_plugins.core.cache import ScoreCache
 from datacomp_plugins.core.pool import Pool, Shard
@@ -29,11 +29,17 @@ class Job:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """The command line's engine settings; an engine ignores those it has no use for."""
+    """The run's engine settings: the shared ones, and ``params``, the engine's own (its ``params`` class
+    filled from the flags or recipe; None for an engine without settings)."""
 
     num_workers: int = 1  # CPU workers (0 or 1: one)
     num_gpus: int = 0  # one worker per GPU when > 0
-    ray_address: str | None = None  # --ray_address (None: $RAY_ADDRESS, else a private local instance)
+    params: Any = None
+
+
+def engine_params(engine: Any) -> type | None:
+    """The frozen dataclass of an engine's own settings (its ``params`` attribute), or None."""
+    return getattr(engine, "params", None)
 
 
 class Engine(Protocol):
@@ -54,6 +60,10 @@ class Engine(Protocol):
       engine must then stop its workers (terminate processes, kill actors), not wait for them, and release
       what it started.
     * Workers call ``datacomp_plugins.runtime.configure()`` before they import torch.
+    * Optional: ``params`` (class attribute), a frozen dataclass of ``scores.base.setting`` fields, the
+      engine's own settings (flags, recipe keys, range checks; handed over as ``options.params``);
+      ``check(params)`` for checks beyond ranges; ``local_gpus = True`` when its workers use this machine's
+      GPUs, so ``--num_gpus`` is checked against them before the run.
     """
 
     @property

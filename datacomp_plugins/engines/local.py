@@ -114,6 +114,7 @@ class LocalEngine:
     """
 
     uncached_only = False
+    local_gpus = True  # --num_gpus is checked against this machine's GPUs
 
     def score(self, job: Job, shards: Sequence[Shard], options: EngineOptions) -> Iterator[ShardResult]:
         """Score ``shards``, yielding each result as it completes (see :func:`run_local`)."""

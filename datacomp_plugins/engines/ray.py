@@ -26,15 +26,18 @@ import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Shard
 from datacomp_plugins.core.procs import sweep_stale
+from datacomp_plugins.core.registry import EXTRAS
 from datacomp_plugins.engines.base import EngineOptions, Job
+from datacomp_plugins.scores.base import setting
 from datacomp_plugins.scores.shard import ShardResult, score_shard
 
-INSTALL_HINT = "--engine ray: needs the 'ray' extra: pip install 'datacomp-plugins[ray]'"
+INSTALL_HINT = f"--engine ray: {EXTRAS.hint('ray')}"  # one table of extras: core/registry.py
 CONNECT_TIMEOUT_S = 5.0
 SHARD_RETRIES = 2  # a shard whose worker is lost is scored again this many times before the run fails
 
@@ -246,12 +249,22 @@ def run_ray(job: Job, shards: Sequence[Shard], num_workers: int, num_gpus: int,
             ray.shutdown()
 
 
+@dataclass(frozen=True)
+class Params:
+    """The Ray engine's own settings (flags of ``filter``, keys of a recipe)."""
+
+    ray_address: str | None = setting(None, "--engine ray: the Ray cluster to join; unset: $RAY_ADDRESS, else "
+                                            "start a local one")
+
+
 class RayEngine:
     """Ray actors on this machine or a cluster. It takes only the shards the cache lacks, so an all-cached
     rerun imports, starts and joins no Ray at all."""
 
     uncached_only = True
+    params = Params
 
     def score(self, job: Job, shards: Sequence[Shard], options: EngineOptions) -> Iterator[ShardResult]:
         """Score ``shards`` on Ray, yielding each result as it completes (see :func:`run_ray`)."""
-        return run_ray(job, shards, options.num_workers, options.num_gpus, options.ray_address)
+        address = options.params.ray_address if options.params is not None else None
+        return run_ray(job, shards, options.num_workers, options.num_gpus, address)

@@ -1,4 +1,4 @@
-"""The score registry: a name maps to a lazily imported :class:`~.base.ScoreSpec`.
+"""The score registry: a name maps to a lazily imported :class:`~.base.ScoreSpec` (core/registry.py).
 
 Built-in scores are listed in :data:`BUILTIN` as ``"module:attribute"``; another installed package adds one
 without touching this package through the entry-point group ``datacomp_plugins.scores``, e.g. in its
@@ -9,17 +9,18 @@ without touching this package through the entry-point group ``datacomp_plugins.s
 
 A quality score becomes a baseline of its own name and a ``--quality_score`` choice; a relevance score a
 baseline (quality stage, then it); a restriction cuts the pool before both. Their settings become ``filter``
-flags, recipe keys and DataComp ``baselines.py`` flags (see config.py).
+flags, recipe keys and DataComp ``baselines.py`` flags (see config.py). Scores are imported the first time
+the registry is asked for them, never on import of this package; a plugin that fails to import, breaks the
+contract (ScoreSpec.validate) or redefines a setting is left out with one warning.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import sys
-from importlib import metadata
+from collections.abc import Mapping
+from typing import Any
 
 from datacomp_plugins.core.errors import PluginError
+from datacomp_plugins.core.registry import Registry
 from datacomp_plugins.scores.base import ScoreSpec
 
 ENTRY_POINT_GROUP = "datacomp_plugins.scores"
@@ -33,42 +34,51 @@ BUILTIN: dict[str, str] = {
     "external": "datacomp_plugins.scores.external:SPEC",
 }
 
+# The run's own settings (DataComp's flags and config.RUN_SETTINGS; config.py checks the two agree) and the
+# built-in engines' (engines/ checks): no score may take one of these names, nor redefine another score's
+# setting with another type or default.
+RESERVED_SETTINGS = frozenset({
+    "name", "metadata_dir", "save_path", "arch", "fraction", "threshold", "num_workers", "num_gpus", "batch_size",
+    "precision", "quality_score", "relevance_fraction", "relevance_threshold", "normsim_fraction",
+    "normsim_threshold", "cache_dir", "given_uids", "allow_empty", "streaming", "engine", "progress",
+    "no_progress", "image_based_scale", "storage_options", "ray_address"})
 
-def _load(target: str) -> ScoreSpec:
-    module, _, attribute = target.partition(":")
-    spec = getattr(importlib.import_module(module), attribute)
-    if not isinstance(spec, ScoreSpec):
-        raise TypeError(f"{target} is a {type(spec).__name__}, expected a ScoreSpec")
+
+def type_name(kind: Any) -> str:
+    """A field's type as the schema writes it ("float", "str | None"), whether or not its module postpones
+    annotations (a score from another package may not)."""
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", None) or str(kind).replace("NoneType", "None")
+
+
+def setting_clashes(fields, accepted_fields) -> list[str]:
+    """Names among ``fields`` that are the run's own or another's setting with another type or default."""
+    seen = {f.name: (type_name(f.type), f.default) for f in accepted_fields}
+    return [f.name for f in fields if f.name in RESERVED_SETTINGS
+            or (f.name in seen and seen[f.name] != (type_name(f.type), f.default))]
+
+
+def _check(name: str, spec: Any, accepted: Mapping[str, ScoreSpec]) -> ScoreSpec:
+    if not isinstance(spec, ScoreSpec) or spec.name != name:
+        raise TypeError(f"expected a ScoreSpec named {name!r}, got {spec!r:.80}")
+    spec.validate()
+    clash = setting_clashes(spec.settings(), [f for other in accepted.values() for f in other.settings()])
+    if clash:
+        raise TypeError(f"its setting(s) {clash} collide with another's")
     return spec
 
 
-@functools.cache
-def registry() -> dict[str, ScoreSpec]:
-    """Every score: the built-ins, then those of installed packages (a broken one is skipped with a warning)."""
-    specs = {name: _load(target) for name, target in BUILTIN.items()}
-    for point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        if point.name in specs:
-            print(f"warning: score {point.name!r} of {point.value} ignored: the name is taken", file=sys.stderr)
-            continue
-        try:
-            spec = point.load()
-            if not isinstance(spec, ScoreSpec) or spec.name != point.name:
-                raise TypeError(f"expected a ScoreSpec named {point.name!r}, got {spec!r:.80}")
-        except Exception as exc:  # a broken plugin must not take the built-in baselines down with it
-            print(f"warning: score {point.name!r} ({point.value}) not offered: {exc}", file=sys.stderr)
-            continue
-        specs[point.name] = spec
-        _ORIGINS[point.name] = f"entry point {point.name} = {point.value} ({ENTRY_POINT_GROUP})"
-    return specs
+# a setting collision depends on the scores accepted before it
+REGISTRY: Registry[ScoreSpec] = Registry("score", BUILTIN, ENTRY_POINT_GROUP, _check, check_needs_all=True)
 
 
-_ORIGINS: dict[str, str] = {}
+def registry() -> Mapping[str, ScoreSpec]:
+    """Every score offered, imported: the built-ins, then installed packages' (read-only)."""
+    return REGISTRY.load_all()
 
 
 def origin(name: str) -> str:
     """Where score ``name`` comes from, for messages: its entry point, or the built-in module."""
-    registry()
-    return _ORIGINS.get(name) or f"built-in {BUILTIN.get(name, name)}"
+    return REGISTRY.origin(name)
 
 
 def get(name: str) -> ScoreSpec:

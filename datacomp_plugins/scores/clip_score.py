@@ -14,7 +14,7 @@ import numpy as np
 
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import Pool, Shard
-from datacomp_plugins.scores.base import Score, ScoreSpec
+from datacomp_plugins.scores.base import RunContext, Score, ScoreSpec
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,12 @@ def exact_values(pool: Pool, shard: Shard, arch: str) -> np.ndarray:
     return numeric_column(values, shard.parquet, column)
 
 
-def shard_score(config, compute, cache) -> ParquetScore:
-    return ParquetScore(arch=config.arch)
+class ClipScoreSpec(ScoreSpec):
+    def shard_score(self, params: None, run: RunContext) -> ParquetScore:
+        return ParquetScore(arch=run.arch)
+
+    def exact_values(self, params: None, run: RunContext, shard: Shard) -> np.ndarray:
+        return exact_values(run.pool, shard, run.arch)
 
 
-SPEC = ScoreSpec("clip_score", "quality", "DataComp's CLIP similarity column (CLIPScore)",
-                 shard_score=shard_score, exact_values=exact_values)
+SPEC = ClipScoreSpec("clip_score", "quality", "DataComp's CLIP similarity column (CLIPScore)")

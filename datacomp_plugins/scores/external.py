@@ -16,7 +16,7 @@ import pyarrow as pa
 from datacomp_plugins.core import ranges
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.uids import to_hex
-from datacomp_plugins.scores.base import ScoreSpec, setting
+from datacomp_plugins.scores.base import RunContext, ScoreSpec, setting
 from datacomp_plugins.select.masks import index_in, top_k_mask
 
 MISSING_SCORE = ("drop", "error")
@@ -34,35 +34,35 @@ class Params:
         "with an error naming the first one", choices=MISSING_SCORE)
 
 
-def check(config) -> None:
-    external = (config.external_scores, config.external_column, config.external_fraction)
-    if any(v is not None for v in external) and any(v is None for v in external):
-        raise PluginError("--external_scores, --external_column and --external_fraction go together")
-    if config.missing_score != "drop" and config.external_scores is None:
-        raise PluginError(f"--missing_score {config.missing_score}: only with --external_scores (it says what to "
-                          "do with pool samples that file has no score for)")
+class ExternalSpec(ScoreSpec):
+    def check(self, params: Params) -> None:
+        external = (params.external_scores, params.external_column, params.external_fraction)
+        if any(v is not None for v in external) and any(v is None for v in external):
+            raise PluginError("--external_scores, --external_column and --external_fraction go together")
+        if params.missing_score != "drop" and params.external_scores is None:
+            raise PluginError(f"--missing_score {params.missing_score}: only with --external_scores (it says what "
+                              "to do with pool samples that file has no score for)")
 
+    def active(self, params: Params) -> bool:
+        return params.external_scores is not None
 
-def active(config) -> bool:
-    return config.external_scores is not None
-
-
-def restrict(config, uids: np.ndarray, eligible: np.ndarray, notes: list[str]) -> tuple[np.ndarray, int]:
-    """Keep the top ``--external_fraction`` of the eligible samples by the file's column; returns the new
-    eligible mask and how many eligible samples the file had no score for."""
-    values = external_scores(config.external_scores, config.external_column, uids)
-    missing = eligible & np.isnan(values)  # the file's own values are all finite
-    if missing.any() and config.missing_score == "error":
-        first = to_hex(uids[np.flatnonzero(missing)[:1]])[0].decode()
-        raise PluginError(f"--external_scores {config.external_scores}: no score for {int(missing.sum())} of "
-                          f"{int(eligible.sum())} pool samples (first: uid {first}); expected one per sample "
-                          "with --missing_score error (--missing_score drop leaves them out)")
-    notes.append(f"{config.external_scores}: no score for {int(missing.sum())} pool samples"
-                 + (" (dropped)" if missing.any() else ""))
-    want = math.floor(int(eligible.sum()) * config.external_fraction)
-    eligible = top_k_mask(values, uids, want, eligible)
-    notes.append(f"{config.external_column} top {config.external_fraction:g}: {int(eligible.sum())}")
-    return eligible, int(missing.sum())
+    def restrict(self, params: Params, run: RunContext, uids: np.ndarray, eligible: np.ndarray,
+                 notes: list[str]) -> tuple[np.ndarray, int]:
+        """Keep the top ``--external_fraction`` of the eligible samples by the file's column; returns the new
+        eligible mask and how many eligible samples the file had no score for."""
+        values = external_scores(params.external_scores, params.external_column, uids)
+        missing = eligible & np.isnan(values)  # the file's own values are all finite
+        if missing.any() and params.missing_score == "error":
+            first = to_hex(uids[np.flatnonzero(missing)[:1]])[0].decode()
+            raise PluginError(f"--external_scores {params.external_scores}: no score for {int(missing.sum())} of "
+                              f"{int(eligible.sum())} pool samples (first: uid {first}); expected one per sample "
+                              "with --missing_score error (--missing_score drop leaves them out)")
+        notes.append(f"{params.external_scores}: no score for {int(missing.sum())} pool samples"
+                     + (" (dropped)" if missing.any() else ""))
+        want = math.floor(int(eligible.sum()) * params.external_fraction)
+        eligible = top_k_mask(values, uids, want, eligible)
+        notes.append(f"{params.external_column} top {params.external_fraction:g}: {int(eligible.sum())}")
+        return eligible, int(missing.sum())
 
 
 def external_scores(path: str, column: str, uids: np.ndarray) -> np.ndarray:
@@ -129,5 +129,5 @@ def _is_numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
 
 
-SPEC = ScoreSpec("external", "restriction", "another method's scores from a parquet file keyed by uid",
-                 params=Params, check=check, active=active, restrict=restrict)
+SPEC = ExternalSpec("external", "restriction", "another method's scores from a parquet file keyed by uid",
+                    Params, inputs=("external_scores",))

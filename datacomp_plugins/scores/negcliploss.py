@@ -14,7 +14,7 @@ import numpy as np
 
 from datacomp_plugins.core import ranges
 from datacomp_plugins.core.pool import Shard
-from datacomp_plugins.scores.base import Score, ScoreSpec, setting
+from datacomp_plugins.scores.base import RunContext, Score, ScoreSpec, setting
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,14 @@ class NegCLIPLossScore(Score):
         return out
 
 
-def shard_score(config, compute, cache) -> NegCLIPLossScore:
-    return NegCLIPLossScore(arch=config.arch, num_batches=config.num_batches,
-                            batch_size=config.negcliploss_batch_size, temperature=config.temperature,
-                            seed=config.seed, block_rows=compute.block_rows, device=compute.device,
-                            precision=compute.precision)
+class NegCLIPLossSpec(ScoreSpec):
+    def shard_score(self, params: Params, run: RunContext) -> NegCLIPLossScore:
+        compute = run.compute
+        return NegCLIPLossScore(arch=run.arch, num_batches=params.num_batches,
+                                batch_size=params.negcliploss_batch_size, temperature=params.temperature,
+                                seed=params.seed, block_rows=compute.block_rows, device=compute.device,
+                                precision=compute.precision)
 
 
-SPEC = ScoreSpec("negcliploss", "quality", "CLIPScore minus a batch normalisation term (Wang et al. 2024)",
-                 params=Params, products=True, shard_score=shard_score)
+SPEC = NegCLIPLossSpec("negcliploss", "quality", "CLIPScore minus a batch normalisation term (Wang et al. 2024)",
+                       params=Params, products=True)

@@ -17,7 +17,7 @@ import numpy as np
 from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.fileio import load_npy_checked
 from datacomp_plugins.core.pool import ARCH_DIMS, Shard
-from datacomp_plugins.scores.base import Score, ScoreSpec, setting
+from datacomp_plugins.scores.base import RunContext, Score, ScoreSpec, setting
 
 if TYPE_CHECKING:
     import torch
@@ -100,20 +100,22 @@ class NormSimScore(Score):
         return out
 
 
-def _builder(p: str):
-    def shard_score(config, compute, cache) -> NormSimScore:
+class NormSimSpec(ScoreSpec):
+    """NormSim_p for one p ("2" or "inf")."""
+
+    def __init__(self, name: str, p: str, summary: str) -> None:
+        super().__init__(name, "relevance", summary, Params, inputs=("target",), needs_target=True, products=True)
+        self.p = p
+
+    def shard_score(self, params: Params, run: RunContext) -> NormSimScore:
         """Load, check and materialise the target once (main process), then describe the score."""
         from datacomp_plugins.scores import targets
 
-        matrix = targets.load_target(config.target, config.arch, ARCH_DIMS[config.arch], config.target_key)
-        key, target_path, gram_path = targets.materialise(matrix, cache.targets)
-        return NormSimScore(arch=config.arch, p=p, target=key, target_path=target_path, gram_path=gram_path,
-                            device=compute.device, precision=compute.precision)
-
-    return shard_score
+        matrix = targets.load_target(params.target, run.arch, ARCH_DIMS[run.arch], params.target_key)
+        key, target_path, gram_path = targets.materialise(matrix, run.cache.targets)
+        return NormSimScore(arch=run.arch, p=self.p, target=key, target_path=target_path, gram_path=gram_path,
+                            device=run.compute.device, precision=run.compute.precision)
 
 
-SPEC_2 = ScoreSpec("normsim2", "relevance", "NormSim_2: Gram-matrix similarity to a target set",
-                   params=Params, needs_target=True, products=True, shard_score=_builder("2"))
-SPEC_INF = ScoreSpec("normsiminf", "relevance", "NormSim_inf: best cosine similarity to a target image",
-                     params=Params, needs_target=True, products=True, shard_score=_builder("inf"))
+SPEC_2 = NormSimSpec("normsim2", "2", "NormSim_2: Gram-matrix similarity to a target set")
+SPEC_INF = NormSimSpec("normsiminf", "inf", "NormSim_inf: best cosine similarity to a target image")

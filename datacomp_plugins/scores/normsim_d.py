@@ -1,7 +1,7 @@
 """NormSim_2-D: the dynamic NormSim that needs no target set (Wang et al. 2024), a relevance stage.
 
 The quality stage's survivors are their own target: samples are dropped in rounds by NormSim_2 against the
-current selection until ``--normsim_fraction`` of the pool is left (dynamic.py). It depends on the selected
+current selection until ``--relevance_fraction`` of the pool is left (dynamic.py). It depends on the selected
 set, so it is no per-shard score: it runs once, in the main process, after the quality stage.
 """
 
@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from datacomp_plugins.core import ranges
-from datacomp_plugins.core.errors import PluginError
 from datacomp_plugins.core.pool import ARCH_DIMS
-from datacomp_plugins.scores.base import ScoreSpec, setting
+from datacomp_plugins.scores.base import RunContext, ScoreSpec, StageCut, setting
 
 
 @dataclass(frozen=True)
@@ -23,29 +22,28 @@ class Params:
                                         "paper: 500)", ranges.NORMSIM_D_ITERS)
 
 
-def select(config, compute, pool, cache, uids: np.ndarray, survivors: np.ndarray, want: int) -> np.ndarray:
-    """Run NormSim_2-D on the survivors' image embeddings (spilled to the cache folder, then deleted)."""
-    from datacomp_plugins.scores.dynamic import iterate, spill_image_embeddings
+class NormSimDSpec(ScoreSpec):
+    def select(self, params: Params, run: RunContext, uids: np.ndarray, survivors: np.ndarray,
+               want: int) -> np.ndarray:
+        """Run NormSim_2-D on the survivors' image embeddings (spilled to the cache folder, then deleted)."""
+        from datacomp_plugins.scores.dynamic import iterate, spill_image_embeddings
 
-    key = f"{config.arch}_img"
-    offsets = np.cumsum([0] + [len(cache.load_uids(s, verify=False)) for s in pool.shards])
-    chosen = np.flatnonzero(survivors)
-    rows = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    with spill_image_embeddings(pool, pool.shards, rows, key, ARCH_DIMS[config.arch],
-                                cache.spill, compute.progress) as (spill, finite):
-        index = chosen[finite]
-        kept = iterate(spill, uids[index], want, config.normsim_d_iters, compute.device, compute.progress)
-    mask = np.zeros(len(uids), dtype=bool)
-    mask[index[kept]] = True
-    return mask
+        pool, cache, compute = run.pool, run.cache, run.compute
+        key = f"{run.arch}_img"
+        offsets = np.cumsum([0] + [len(cache.load_uids(s, verify=False)) for s in pool.shards])
+        chosen = np.flatnonzero(survivors)
+        rows = [chosen[(chosen >= a) & (chosen < b)] - a for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        with spill_image_embeddings(pool, pool.shards, rows, key, ARCH_DIMS[run.arch],
+                                    cache.spill, compute.progress) as (spill, finite):
+            index = chosen[finite]
+            kept = iterate(spill, uids[index], want, params.normsim_d_iters, compute.device, compute.progress)
+        mask = np.zeros(len(uids), dtype=bool)
+        mask[index[kept]] = True
+        return mask
+
+    def rule(self, params: Params, cut: StageCut) -> str:
+        return f"NormSim_2-D, {params.normsim_d_iters} iterations to fraction {cut.fraction:g}"
 
 
-def check(config) -> None:
-    if config.target is not None:
-        raise PluginError("--target: normsim_d uses no target set (the selected subset is its own target)")
-
-
-SPEC = ScoreSpec("normsim_d", "relevance", "NormSim_2-D: the selected set is its own target",
-                 params=Params, thresholds=False, note="normsim_d: no single cut-off (iterative selection)",
-                 select=select, check=check,
-                 rule=lambda c: f"NormSim_2-D, {c.normsim_d_iters} iterations to fraction {c.normsim_fraction:g}")
+SPEC = NormSimDSpec("normsim_d", "relevance", "NormSim_2-D: the selected set is its own target", Params,
+                    thresholds=False, note="normsim_d: no single cut-off (iterative selection)")

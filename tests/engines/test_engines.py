@@ -105,7 +105,10 @@ def test_unknown_engine_is_one_clear_error(tmp_path, capsys):
 def test_broken_or_clashing_entry_points(monkeypatch):
     declared = [EntryPoint("broken", "no_such_module_for_engines:Engine", engines.ENTRY_POINT_GROUP),
                 EntryPoint("local", "no_such_module_for_engines:Local", engines.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(engines, "entry_points", lambda group: [ep for ep in declared if ep.group == group])
+    from datacomp_plugins.core import registry
+
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [ep for ep in declared if ep.group == group])
+    monkeypatch.setattr(engines, "REGISTRY", registry.Registry("engine", engines.ENGINES, engines.ENTRY_POINT_GROUP))
     assert engines.engine_names() == ("local", "ray", "broken")
     with pytest.raises(PluginError, match="^--engine broken: cannot load no_such_module_for_engines:Engine"):
         engines.get_engine("broken")

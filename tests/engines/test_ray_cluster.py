@@ -61,8 +61,12 @@ class SlowDot(Score):
         return (img * txt).sum(axis=1, dtype=np.float32)
 
 
-SPEC = ScoreSpec("slow_dot", "quality", "dot product, slowly (a test plugin)",
-                 shard_score=lambda config, compute, cache: SlowDot())
+class SlowDotSpec(ScoreSpec):
+    def shard_score(self, params, run):
+        return SlowDot()
+
+
+SPEC = SlowDotSpec("slow_dot", "quality", "dot product, slowly (a test plugin)")
 '''
 
 START_TIMEOUT_S = 120

@@ -46,8 +46,12 @@ PLUGIN = textwrap.dedent('''
             return np.array([len(t) for t in columns["text"]], dtype=np.float32) * self.weight
 
 
-    SPEC = ScoreSpec("caption_length", "quality", "caption length (an example plugin)", params=Params,
-                     shard_score=lambda config, compute, cache: CaptionLength(weight=config.caption_weight))
+    class CaptionLengthSpec(ScoreSpec):
+        def shard_score(self, params, run):
+            return CaptionLength(weight=params.caption_weight)
+
+
+    SPEC = CaptionLengthSpec("caption_length", "quality", "caption length (an example plugin)", params=Params)
 ''')
 
 
@@ -151,7 +155,7 @@ def test_a_plugin_whose_setting_collides_is_dropped(tmp_path, monkeypatch, cache
                                ("grabs_seed", "seed: str = setting('x', 'mine')")):
         (site / f"{name}.py").write_text(PLUGIN.replace("caption_length", name).replace(
             f'caption_weight: float = setting(1.0, "{name}: multiplies the length", Range(float, 0.0, 10.0))'
-            , setting_line).replace("config.caption_weight", "1.0"))
+            , setting_line).replace("params.caption_weight", "1.0"))
     info = site / "collide-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: collide\nVersion: 1.0\n")
@@ -162,8 +166,9 @@ def test_a_plugin_whose_setting_collides_is_dropped(tmp_path, monkeypatch, cache
     result = _cli("filter", "--name", "clip_score", "--metadata_dir", str(tmp_path / "pool"), "--fraction", "0.5",
                   "--save_path", str(tmp_path / "out.npy"), "--no_progress")
     assert result.returncode == 0, result.stderr
-    assert "score 'grabs_fraction' not offered: its setting(s) ['fraction'] collide" in result.stderr
-    assert "score 'grabs_seed' not offered: its setting(s) ['seed'] collide" in result.stderr
+    assert "score 'grabs_fraction' (grabs_fraction:SPEC) not offered: its setting(s) ['fraction'] collide" \
+        in result.stderr
+    assert "score 'grabs_seed' (grabs_seed:SPEC) not offered: its setting(s) ['seed'] collide" in result.stderr
     assert "invalid choice: 'grabs_seed'" in _cli("filter", "--name", "grabs_seed").stderr
 
 

@@ -30,16 +30,16 @@ def two_stage_pool(tmp_path):
 
 STAGE_ERRORS = [
     (["--name", "normsiminf", "--fraction", "0.2", "--normsim_fraction", "0.3", "--target", "T"],
-     "--normsim_fraction 0.3 is larger than --fraction 0.2"),
+     "--relevance_fraction 0.3 is larger than --fraction 0.2"),
     (["--name", "normsim2", "--fraction", "0.3", "--normsim_fraction", "0.2"], "needs --target"),
     (["--name", "normsim_d", "--fraction", "0.3", "--normsim_fraction", "0.2", "--target", "T"],
      "normsim_d uses no target set"),
     (["--name", "negcliploss", "--fraction", "0.3", "--normsim_fraction", "0.2"],
      "only for the normsim baselines"),
     (["--name", "normsim2", "--fraction", "0.3", "--target", "T"],
-     "exactly one of --normsim_fraction and --normsim_threshold"),
+     "exactly one of --relevance_fraction and --relevance_threshold"),
     (["--name", "normsim2", "--fraction", "0.3", "--normsim_fraction", "0", "--target", "T"],
-     "--normsim_fraction 0.0: must be in (0, 1]"),
+     "--relevance_fraction 0.0: must be in (0, 1]"),
 ]
 
 
