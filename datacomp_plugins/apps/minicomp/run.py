@@ -304,14 +304,16 @@ def anti_clip_score_uids(out: Path, fraction: float = CONTROL_FRACTION) -> np.nd
     from datacomp_plugins import scores
     from datacomp_plugins.core.pool import Pool
     from datacomp_plugins.core.uids import sorted_unique
+    from datacomp_plugins.scores.base import RunContext
     from datacomp_plugins.select.masks import first_occurrence, top_k_mask
 
     pool = Pool(str(out / "metadata"))
     spec = scores.get("clip_score")
+    params, run = spec.params_of({}), RunContext(arch="l14", pool=pool)
     uids, values = [], []
     for shard in pool.shards:
         uids.append(pool.read_uids(shard))
-        values.append(np.asarray(spec.exact_values(pool, shard, "l14"), dtype=np.float64))
+        values.append(np.asarray(spec.exact_values(params, run, shard), dtype=np.float64))
     all_uids, all_values = np.concatenate(uids), np.concatenate(values)
     unique = first_occurrence(all_uids)
     keep = int(np.floor(int(unique.sum()) * fraction))
