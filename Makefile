@@ -58,7 +58,7 @@ test-fast: $(VENV)/.test
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
-# The mini DataComp end to end: the default world, 7 baselines x 3 seeds, minicomp-out/report.md (docs/MINICOMP.md)
+# The mini DataComp end to end: the default world, 6 baselines and 2 controls x 5 seeds, minicomp-out/report.md (docs/MINICOMP.md)
 minicomp: $(VENV)/.test
 	@test -n "$(DATACOMP_DIR)" || { echo "set DATACOMP_DIR to a DataComp checkout"; exit 2; }
 	$(PY) -m datacomp_plugins minicomp build minicomp-out
