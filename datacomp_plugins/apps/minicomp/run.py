@@ -105,8 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="students per baseline, seeds 0..N-1 (default "
                         f"{DEFAULT_SEEDS}; --quick: 1)")
     parser.add_argument("--baselines", default=None,
-                        help=f"comma-separated, from {', '.join(RECIPES)} (default: {', '.join(DEFAULT_BASELINES)}; --quick: "
-                             f"{', '.join(QUICK_BASELINES)}; '' with --subset: the subsets alone)")
+                        help=f"comma-separated, from {', '.join(RECIPES)} (default: {', '.join(DEFAULT_BASELINES)}; "
+                             f"--quick: {', '.join(QUICK_BASELINES)}; '' with --subset: the subsets alone)")
     parser.add_argument("--subset", action="append", default=[], metavar="NAME=uids.npy",
                         help="also train and evaluate on this uid file (repeatable)")
     parser.add_argument("--samples_seen", type=int, default=None,
