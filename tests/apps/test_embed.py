@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clierrors import fails as _fails
 
 open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
@@ -92,10 +93,6 @@ def _embed(tiny: dict, images: list[str] | str, out: Path, *extra: str) -> int:
                  "--images", *specs, "--out", str(out), "--device", "cpu", "--num_workers", "0",
                  "--no_progress", *extra])
 
-
-def _no_output(out: Path) -> bool:
-    """Neither the file nor a leftover temporary beside it."""
-    return not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
 
 def test_folder_rows_are_normalised_encode_image_in_path_order(tiny, images, tmp_path, capsys):
@@ -193,15 +190,6 @@ def test_unreadable_images_are_skipped_and_counted(tiny, images, tmp_path, capsy
     assert "skipped 2" in captured.out
     assert "broken.png" in captured.err and "truncated.jpg" in captured.err
 
-
-def _fails(capsys, out: Path, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
-    for needle in needles:
-        assert needle in err
-    assert _no_output(out)
-    return err
 
 
 def test_all_images_unreadable(tiny, tmp_path, capsys):

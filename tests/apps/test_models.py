@@ -4,29 +4,13 @@ before anything is built or downloaded.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from clierrors import fails as _fails
 
 pytest.importorskip("open_clip")
 Image = pytest.importorskip("PIL.Image")
 
 from datacomp_plugins.cli import main  # noqa: E402
-
-
-def _no_output(out: Path) -> bool:
-    """Neither the file nor a leftover temporary beside it."""
-    return not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-
-
-def _fails(capsys, out: Path, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
-    for needle in needles:
-        assert needle in err
-    assert _no_output(out)
-    return err
 
 
 def test_unknown_model_lists_some(tmp_path, capsys):
