@@ -246,11 +246,12 @@ def _run_streaming(config, plan: Plan, run: RunContext, score: Score | None, sum
     return summary
 
 
-def run_filter(config) -> Summary:
+def run_filter(config, validated: bool = False) -> Summary:
     """Run one baseline end to end and write ``config.save_path``; returns the run's summary.
 
     SIGTERM unwinds like Ctrl-C (procs.terminate_as_interrupt): workers are terminated and temporaries
-    deleted, also when DataComp's patched ``baselines.py`` calls this directly.
+    deleted, also when DataComp's patched ``baselines.py`` calls this directly. ``validated``: the caller
+    already ran ``config.validate`` on these settings (a recipe checks them before its own work).
     """
     from datacomp_plugins import runtime
     from datacomp_plugins.core.errors import from_environment
@@ -259,7 +260,7 @@ def run_filter(config) -> Summary:
     runtime.configure()  # also when DataComp's patched baselines.py calls this without our command line
     with terminate_as_interrupt():
         try:
-            return _run_filter(config)
+            return _run_filter(config, validated)
         except OSError as exc:  # a write the helpers did not name (disk full, read-only): the user's to fix
             error = from_environment(exc)
             if error is None:
@@ -267,9 +268,10 @@ def run_filter(config) -> Summary:
             raise error from None
 
 
-def _run_filter(config) -> Summary:
+def _run_filter(config, validated: bool) -> Summary:
     started = time.perf_counter()
-    validate(config)
+    if not validated:
+        validate(config)
     plan = Plan.of(config)
     compute = decide(config.num_gpus, config.precision, config.batch_size, config.progress, plan.products)
     config = dataclasses.replace(config, precision=compute.precision)

@@ -191,14 +191,15 @@ def run(recipe: Recipe, metadata_dir: str, save_path: str, values: dict[str, str
     validate(config)  # every setting, the output path and its inputs, before any work
     refuse_input_as_output(config, tuple(union))
     if not union:
-        return run_filter(config).line()
+        return run_filter(config, validated=True).line()
     from datacomp_plugins.core.procs import owned_name, sweep_stale, terminate_as_interrupt
 
     folder = os.path.dirname(os.path.abspath(save_path))
     sweep_stale(folder, (".recipe-",))  # left by runs killed outright; SIGTERM/Ctrl-C delete their own
     with terminate_as_interrupt(), tempfile.TemporaryDirectory(dir=folder, prefix=owned_name(".recipe-")) as scratch:
         ours = os.path.join(scratch, "filter.npy")
-        line = run_filter(dataclasses.replace(config, save_path=ours)).line()
+        # the scratch path is ours, in the checked output folder: the settings need no second check
+        line = run_filter(dataclasses.replace(config, save_path=ours), validated=True).line()
         parts = [np.asarray(load_uid_file(ours))] + [np.asarray(load_uid_file(path)) for path in union]
         count = save_uid_file(save_path, np.concatenate(parts))
     return f"{line}; united with {len(union)} uid file(s): {count} uids"

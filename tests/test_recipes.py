@@ -65,6 +65,34 @@ def test_list_and_errors(toy, tmp_path, capsys, cache_dir):
     assert not save.exists()
 
 
+@pytest.mark.parametrize("name", ["negcliploss_30", "dfn_hype_ours"])
+def test_a_recipe_checks_its_settings_once(toy, tmp_path, monkeypatch, cache_dir, name):
+    """The recipe validates before its own work (union files, scratch folder); run_filter does not again."""
+    from datacomp_plugins import config, pipeline
+
+    out, _ = toy
+    calls = []
+    real = config.validate
+
+    def counting(cfg):
+        calls.append(cfg.save_path)
+        return real(cfg)
+
+    monkeypatch.setattr(config, "validate", counting)
+    monkeypatch.setattr(pipeline, "validate", counting)
+    save = tmp_path / "o.npy"
+    argv = ["recipe", name, "--metadata_dir", str(out / "metadata"), "--save_path", str(save), "--no_progress"]
+    if name == "dfn_hype_ours":
+        argv += ["--target", str(out / "targets" / "target_l14.npy"), "--dfn_uids", str(out / "dfn.npy"),
+                 "--hype_uids", str(out / "hype.npy")]
+    assert main(argv) == 0 and save.is_file()
+    assert calls == [str(save)]
+    monkeypatch.setattr(config, "validate", real)
+    assert main(["filter", "--name", "clip_score", "--metadata_dir", str(out / "metadata"), "--save_path",
+                 str(tmp_path / "f.npy"), "--fraction", "0.1", "--no_progress"]) == 0
+    assert calls == [str(save), str(tmp_path / "f.npy")]  # a plain filter is checked by run_filter, once
+
+
 def test_set_overrides_a_filter_setting(toy, tmp_path, cache_dir):
     out, pool_size = toy
     save = tmp_path / "o.npy"
