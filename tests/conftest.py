@@ -124,6 +124,20 @@ def make_pool(folder: str, shard_sizes: Sequence[int], seed: int = 0, dim: int =
     return written
 
 
+def two_stage_pool(tmp_path) -> tuple[list, np.ndarray]:
+    """NormSim tests' pool: two shards; quality = parquet CLIP score (known), images random, plus a target file."""
+    rng = np.random.default_rng(3)
+    shards = []
+    for index, n in enumerate((30, 21)):
+        hexes = random_hex_uids(n, seed=index)
+        img, txt = unit_rows(rng, n, 768), unit_rows(rng, n, 768)
+        write_shard(str(tmp_path / "pool"), f"s{index}", hexes, {"l14_img": img, "l14_txt": txt})
+        shards.append((hexes, img, (img.astype(np.float32) * txt.astype(np.float32)).sum(1)))
+    target = unit_rows(rng, 12, 768) * 3.0  # not normalised on disk: loading must normalise
+    np.save(tmp_path / "target.npy", target)
+    return shards, target / np.linalg.norm(target, axis=1, keepdims=True)
+
+
 def stored_scores_pool(folder: str | os.PathLike, scores_by_shard: list[list[float]],
                        seed: int = 0) -> tuple[list[str], np.ndarray]:
     """A pool whose stored clip_l14_similarity_score column holds the given values (float32, as DataComp's)."""

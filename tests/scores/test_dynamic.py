@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_pool, random_hex_uids, unit_rows, write_shard
+from conftest import make_pool, two_stage_pool, unit_rows, write_shard
 
 from datacomp_plugins.cli import main
 from datacomp_plugins.core.uids import UID_DTYPE
@@ -26,18 +26,6 @@ def brute_normsim_d(x: np.ndarray, uids: np.ndarray, target: int, iters: int) ->
     return set(alive)
 
 
-def two_stage_pool(tmp_path):
-    """Two shards; quality = parquet CLIP score (known), images random, plus a target file."""
-    rng = np.random.default_rng(3)
-    shards = []
-    for index, n in enumerate((30, 21)):
-        hexes = random_hex_uids(n, seed=index)
-        img, txt = unit_rows(rng, n, 768), unit_rows(rng, n, 768)
-        write_shard(str(tmp_path / "pool"), f"s{index}", hexes, {"l14_img": img, "l14_txt": txt})
-        shards.append((hexes, img, (img.astype(np.float32) * txt.astype(np.float32)).sum(1)))
-    target = unit_rows(rng, 12, 768) * 3.0  # not normalised on disk: loading must normalise
-    np.save(tmp_path / "target.npy", target)
-    return shards, target / np.linalg.norm(target, axis=1, keepdims=True)
 
 
 @pytest.mark.parametrize("start,target,iters", [(10, 4, 3), (10, 4, 500), (7, 7, 5), (100, 1, 7)])
