@@ -142,6 +142,36 @@ def time_steps(model, images, tokens, loss_fn, steps: int, variants: list[tuple[
     return {v: {name: statistics.median(values) for name, values in p.items()} for v, p in phases.items()}
 
 
+def gemm_shapes(model, images, tokens, top: int) -> list[tuple[int, int, int]]:
+    """The (m, k, n) of the ``top`` costliest matrix products of one forward pass, convolutions as im2col.
+
+    Read from the model's own layers with forward hooks, so the reference matmuls follow the student's
+    architecture (ResNet or ViT) instead of a formula for one of them.
+    """
+    import torch
+
+    found: dict[tuple[int, int, int], int] = {}
+
+    def hook(module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            mnk = (output.shape[0] * output.shape[2] * output.shape[3],
+                   module.in_channels // module.groups * kh * kw, module.out_channels)
+        else:
+            mnk = (inputs[0].numel() // module.in_features, module.in_features, module.out_features)
+        found[mnk] = found.get(mnk, 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(images, tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(found, key=lambda mkn: -found[mkn] * mkn[0] * mkn[1] * mkn[2])[:top]
+
+
 def matmul_reference(shapes: list[tuple[int, int, int]], repeat: int = 20) -> dict[str, float]:
     """Single-thread fp32 GFLOP/s of (m x k) @ (k x n) for the model's shapes, best of ``repeat``."""
     import torch
@@ -218,13 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data side (one process): {per_sample:.0f} us/sample ({', '.join(f'{k} {v:.0f}' for k, v in data.items())})"
           f" = at most {1e6 / per_sample:.0f} samples/s from one loader worker")
 
-    from datacomp_plugins.apps.minicomp.student import STUDENT_CONFIG
-
-    vision, text = STUDENT_CONFIG["vision_cfg"], STUDENT_CONFIG["text_cfg"]
-    tokens_v = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
-    wv, wt = vision["width"], text["width"]
-    shapes = [(BATCH * tokens_v, wv, 3 * wv), (BATCH * tokens_v, wv, 4 * wv), (BATCH * tokens_v, 4 * wv, wv),
-              (BATCH * text["context_length"], wt, 4 * wt), (1024, 1024, 1024)]
+    shapes = gemm_shapes(model, images, tokens, top=4) + [(1024, 1024, 1024)]
     report["matmul_gflops_1thread"] = mm = matmul_reference(shapes)
     print("single-thread fp32 matmul (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in mm.items()))
 

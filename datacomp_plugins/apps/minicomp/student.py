@@ -20,10 +20,14 @@ from datacomp_plugins.core.errors import PluginError
 
 STUDENT_MODEL = "minicomp-student"
 
-# The student: a small ViT-CLIP at 32 px, ~550 samples/s on 2 idle CPU cores. Fixed before any result.
+# The student: a small CLIP at 32 px with open_clip's modified ResNet (stem width 16, one block per stage) as
+# its image tower. Until the gated worlds' pilot it was a ViT (2 layers, width 64, patch 4), which learned
+# colours completely and shapes not at all (at chance for every subset, the oracle's included), so no filter's
+# effect on shapes could show; the ResNet reads shapes from the same 40,960 samples. Chosen from a pilot of the
+# controls and no_filter only (docs/MINICOMP.md, "Step 2b"), before any filter under test trained on the world.
 STUDENT_CONFIG: dict = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 4},
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 16},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
