@@ -63,7 +63,8 @@ TRAIN_DEFAULTS = {
     "log_every_n_steps": 10,
     "save_frequency": 0,
     "resume": "latest",
-    # train.py passes --grad-checkpointing; on a CPU it costs ~25% of a step and changes no bit (test_minicomp_run)
+    # train.py passes --grad-checkpointing; it changes no bit (test_run.py) and costs time on a CPU (the ResNet
+    # image tower ignores it; the text transformer would recompute its activations)
     "grad_checkpointing": False,
 }
 
