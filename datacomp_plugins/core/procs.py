@@ -10,18 +10,23 @@ A killed run must not leave processes computing for nobody, nor files that fill 
   window before that call and other systems. That also covers a SIGKILL of the parent, which no handler sees.
 - :func:`owned_name` / :func:`sweep_stale`: temporaries carry their owner's host and pid in their name, so
   the next run can delete the ones whose owner is gone (a SIGKILL leaves them behind).
+- :func:`import_held`: a heavy extension (torch) imported with the stop signals held, so that a Ctrl-C or
+  SIGTERM arriving during its initialisation is handled just after it instead of inside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import ModuleType
 
 PDEATHSIG_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -37,6 +42,29 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig)
+
+
+def import_held(name: str) -> ModuleType:
+    """Import ``name`` with SIGINT, SIGTERM and SIGHUP blocked until the import is done.
+
+    A Python signal handler raises between bytecodes, also in the Python code an extension runs while it
+    initialises. Inside torch's (pybind11) that exception became ``std::terminate``: a SIGTERM aborted the run
+    with no cleanup (a spill left behind), and a Ctrl-C could leave it hung. Blocked, the signal stays pending
+    and is delivered when the import returns, where it unwinds like any other. Lazy imports of torch that
+    happen after a run has made temporaries go through here.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    if not hasattr(signal, "pthread_sigmask"):  # not on this system: a plain import
+        return importlib.import_module(name)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

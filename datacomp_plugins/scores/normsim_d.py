@@ -26,8 +26,10 @@ class NormSimDSpec(ScoreSpec):
     def select(self, params: Params, run: RunContext, uids: np.ndarray, survivors: np.ndarray,
                want: int) -> np.ndarray:
         """Run NormSim_2-D on the survivors' image embeddings (spilled to the cache folder, then deleted)."""
+        from datacomp_plugins.core.procs import import_held
         from datacomp_plugins.scores.dynamic import iterate, spill_image_embeddings
 
+        import_held("torch")  # before the spill exists: a stop signal during torch's import aborted the run
         pool, cache, compute = run.pool, run.cache, run.compute
         key = f"{run.arch}_img"
         offsets = np.cumsum([0] + [len(cache.load_uids(s, verify=False)) for s in pool.shards])

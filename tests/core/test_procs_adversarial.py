@@ -283,3 +283,41 @@ def test_cached_shards_go_to_no_ray_cluster(tmp_path, monkeypatch, capsys):
     assert sent == [["00000000", "00000001", "00000002"], []]
     assert "(0 scored, 3 from cache)" in capsys.readouterr().out.splitlines()[-2]
     assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+_SELF_SIGNALLING_IMPORT = """
+import signal, sys
+sys.path.insert(0, sys.argv[1])
+from datacomp_plugins.core import procs
+seen = []
+signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(("handler", "mid_import" in sys.modules)))
+try:
+    module = procs.import_held("mid_import") if sys.argv[2] == "import_held" else __import__("mid_import")
+    print("finished", module.FINISHED, seen)
+except BaseException as exc:
+    print("raised", type(exc).__name__, seen)
+"""
+
+_MID_IMPORT = """
+import os, signal, sys
+os.kill(os.getpid(), signal.SIGTERM)  # a stop signal arriving while a module is being imported
+sum(range(1000))  # bytecodes after it: where an unheld handler runs
+if any(h == "handler" for h, _ in sys.modules["__main__"].seen):
+    raise RuntimeError("the handler ran inside the import")
+FINISHED = True
+"""
+
+
+@pytest.mark.parametrize("how", ["import_held", "plain"])
+def test_a_stop_signal_during_a_held_import_is_handled_after_it(tmp_path, how):
+    """import_held keeps a signal pending while the module initialises: the handler runs once, after it."""
+    (tmp_path / "mid_import.py").write_text(_MID_IMPORT)
+    result = subprocess.run([sys.executable, "-c", _SELF_SIGNALLING_IMPORT, str(tmp_path), how],
+                            capture_output=True, text=True, timeout=60, cwd=os.getcwd(),
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    if how == "import_held":
+        assert "raised" not in result.stdout
+        assert "finished True [('handler', True)]" in result.stdout  # after the module was complete
+    else:  # the control: without holding, the handler runs inside the module's initialisation
+        assert "raised RuntimeError" in result.stdout
