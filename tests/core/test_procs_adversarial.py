@@ -67,9 +67,16 @@ def heavy_pool(tmp_path_factory) -> str:
     return folder
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT back to its default. A shell without job control starts background
+    jobs with SIGINT ignored, the child inherits that, and Python then installs no KeyboardInterrupt handler:
+    the Ctrl-C tests would test the test runner's shell instead of the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "datacomp_plugins", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_at_a_terminal)
 
 
 def _workers_computing(proc: subprocess.Popen, count: int, cpu: float, timeout: float = 60) -> list[int]:
