@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# --no-cache-dir: open_clip's torchvision brings a CUDA torch of several GB; a cached copy of its wheels would
+# double what the install needs on disk (a CI machine once ran out of it)
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir
 # DataComp's source, for the tests and commands that run DataComp's own scripts (resharder, baselines.py,
 # eval_utils). Point it at your checkout; next to this one it is found without help.
 DATACOMP_DIR ?= $(wildcard $(abspath ..)/shared/datacomp)
