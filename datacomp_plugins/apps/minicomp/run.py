@@ -6,7 +6,8 @@ Layout under the runs folder (default ``OUT/runs``)::
     <baseline>/shards/             DataComp's resharder.py output for it
     <baseline>/times.json          wall time of the filter and resharder stages
     <baseline>/seed<k>/run.json    the settings of this student (a rerun with other settings is refused)
-    <baseline>/seed<k>/train/      open_clip_train's folder (checkpoints/epoch_latest.pt, out.log)
+    <baseline>/seed<k>/train/      open_clip_train's folder (checkpoints/epoch_latest.pt, out.log); its copy of
+                                   the last epoch under that epoch's number is removed once training ends
     <baseline>/seed<k>/eval_per_image/<task>.npy   each eval image's top-1 correctness (the paired statistics)
     <baseline>/seed<k>/eval_results.jsonl   DataComp's results file, one line per task; written last
 
@@ -382,6 +383,7 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
     start = time.perf_counter()
     argv = student.train_argv(data_dir, folder, "train", scale, seed, settings.train_num_samples)
     student.train(argv, config_path, seed, folder / "train.log")
+    drop_final_epoch_copy(folder / "train" / "checkpoints", scale["num_checkpoints"])
     times["train"] = times.get("train", 0.0) + time.perf_counter() - start
     write_json(str(times_path), times)
     with in_process or contextlib.nullcontext():
@@ -398,6 +400,23 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
         for record in records:
             handle.write(json.dumps(record) + "\n")
     return times
+
+
+def drop_final_epoch_copy(checkpoints: Path, epochs: int) -> bool:
+    """Remove ``epoch_<epochs>.pt`` when ``epoch_latest.pt`` holds the same finished epoch; True if removed.
+
+    open_clip_train writes the last epoch twice (under its number, and as ``epoch_latest.pt`` for ``--resume``):
+    a run of 40 students would keep ~2 GB of copies. Only the latest one is read later (evaluation).
+    """
+    import torch
+
+    final, latest = checkpoints / f"epoch_{epochs}.pt", checkpoints / "epoch_latest.pt"
+    if not (final.is_file() and latest.is_file()):
+        return False
+    if torch.load(latest, map_location="cpu", weights_only=True).get("epoch") != epochs:
+        return False
+    final.unlink()
+    return True
 
 
 def _evaluate_again(settings: RunSettings, datacomp: Path, folder: Path, model: str,

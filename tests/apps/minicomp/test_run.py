@@ -338,6 +338,39 @@ def test_report_md_tables_match_the_results_and_truth(quick_runs):
         assert cell.strip() == f"{100 * sum(u in kept for u in members) / len(members):.1f}"
 
 
+def test_the_last_epochs_second_copy_is_dropped_only_when_latest_holds_that_epoch(tmp_path):
+    """A finished student keeps one checkpoint; a killed one (latest = an earlier epoch) keeps both files."""
+    import torch
+
+    from datacomp_plugins.apps.minicomp.run import drop_final_epoch_copy
+
+    def save(name: str, epoch: int) -> None:
+        torch.save({"epoch": epoch, "state_dict": {"w": torch.full((2,), float(epoch))}}, tmp_path / name)
+
+    save("epoch_3.pt", 3)
+    assert not drop_final_epoch_copy(tmp_path, 3)  # no epoch_latest.pt: nothing to fall back on
+    save("epoch_latest.pt", 2)
+    assert not drop_final_epoch_copy(tmp_path, 3)  # latest is an earlier epoch: epoch_3.pt is not a copy of it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_3.pt", "epoch_latest.pt"]
+    save("epoch_latest.pt", 3)
+    assert drop_final_epoch_copy(tmp_path, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_latest.pt"]
+
+
+@needs_datacomp
+def test_a_finished_student_keeps_one_checkpoint_of_its_last_epoch(quick_runs):
+    import torch
+
+    from datacomp_plugins.apps.minicomp import student
+
+    epochs = student.SCALE_CONFIGS["minicomp_quick"]["num_checkpoints"]
+    folders = sorted((quick_runs / "runs").glob("*/seed*/train/checkpoints"))
+    assert folders
+    for folder in folders:
+        assert [p.name for p in folder.iterdir()] == ["epoch_latest.pt"], folder
+        assert torch.load(folder / "epoch_latest.pt", map_location="cpu", weights_only=True)["epoch"] == epochs
+
+
 @needs_datacomp
 def test_student_loads_in_datacomp_create_model_and_matches_a_direct_evaluation(quick_runs):
     """DataComp's create_model loads the student; a plain zero-shot computation gives wds_eval's acc1."""
