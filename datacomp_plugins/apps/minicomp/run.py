@@ -324,7 +324,11 @@ def anti_clip_score_uids(out: Path, fraction: float = CONTROL_FRACTION) -> np.nd
 
 
 def reshard(datacomp: Path, shards: Path, uids: Path, output: Path, log_path: Path) -> int:
-    """DataComp's resharder.py, untouched, in a child process; returns the number of samples written."""
+    """DataComp's resharder.py, untouched, in a child process; returns the number of samples written.
+
+    The child runs in DataComp's folder, so every path it gets is made absolute first (``minicomp run OUT`` with
+    a relative OUT, as ``make minicomp`` gives it)."""
+    datacomp, shards, uids, output = (p.absolute() for p in (datacomp, shards, uids, output))
     if output.is_dir():
         return _resharded_count(output)
     tmp = output.with_name(output.name + ".tmp")

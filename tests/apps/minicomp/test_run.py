@@ -372,6 +372,21 @@ def test_a_finished_student_keeps_one_checkpoint_of_its_last_epoch(quick_runs):
 
 
 @needs_datacomp
+def test_reshard_takes_paths_relative_to_the_callers_folder(quick_runs, tmp_path, monkeypatch):
+    """The resharder child runs in DataComp's folder; relative paths are the caller's (``make minicomp``)."""
+    from datacomp_plugins.apps.minicomp.run import reshard
+    from datacomp_plugins.core.uids import load_uid_file
+
+    monkeypatch.chdir(tmp_path)
+    uids = quick_runs / "runs" / "negcliploss_30" / "uids.npy"
+    datacomp = Path(os.path.relpath(os.environ["DATACOMP_DIR"], tmp_path))
+    written = reshard(datacomp, Path(os.path.relpath(quick_runs / "shards", tmp_path)),
+                      Path(os.path.relpath(uids, tmp_path)), Path("out"), Path("resharder.log"))
+    assert written == len(load_uid_file(str(uids))) > 0
+    assert (tmp_path / "out").is_dir() and not (tmp_path / "out.tmp").exists()
+
+
+@needs_datacomp
 def test_student_loads_in_datacomp_create_model_and_matches_a_direct_evaluation(quick_runs):
     """DataComp's create_model loads the student; a plain zero-shot computation gives wds_eval's acc1."""
     import torch
