@@ -387,13 +387,13 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
     start = time.perf_counter()
     argv = student.train_argv(data_dir, folder, "train", scale, seed, settings.train_num_samples)
     student.train(argv, config_path, seed, folder / "train.log")
-    drop_final_epoch_copy(folder / "train" / "checkpoints", scale["num_checkpoints"])
+    drop_final_epoch_copy(folder / CHECKPOINTS, scale["num_checkpoints"])
     times["train"] = times.get("train", 0.0) + time.perf_counter() - start
     write_json(str(times_path), times)
     with in_process or contextlib.nullcontext():
         start = time.perf_counter()
         student.register_model(config_path)
-        checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
+        checkpoint = folder / CHECKPOINTS / LATEST_CHECKPOINT
         tasks = evaluate.list_tasks(settings.out / "evalsets")
         records, correct = evaluate.evaluate_per_image(datacomp, scale["model"], checkpoint,
                                                        settings.out / "evalsets", tasks)
@@ -406,6 +406,11 @@ def run_pair(settings: RunSettings, datacomp: Path, baseline: str, seed: int, da
     return times
 
 
+# open_clip_train's checkpoints of one student, under its seed folder (``--logs`` seed folder, ``--name train``)
+CHECKPOINTS = Path("train") / "checkpoints"
+LATEST_CHECKPOINT = "epoch_latest.pt"
+
+
 def drop_final_epoch_copy(checkpoints: Path, epochs: int) -> bool:
     """Remove ``epoch_<epochs>.pt`` when ``epoch_latest.pt`` holds the same finished epoch; True if removed.
 
@@ -414,10 +419,11 @@ def drop_final_epoch_copy(checkpoints: Path, epochs: int) -> bool:
     """
     import torch
 
-    final, latest = checkpoints / f"epoch_{epochs}.pt", checkpoints / "epoch_latest.pt"
+    final, latest = checkpoints / f"epoch_{epochs}.pt", checkpoints / LATEST_CHECKPOINT
     if not (final.is_file() and latest.is_file()):
         return False
-    if torch.load(latest, map_location="cpu", weights_only=True).get("epoch") != epochs:
+    # mmap: only the small "epoch" entry is read, not the weights and optimizer state
+    if torch.load(latest, map_location="cpu", weights_only=True, mmap=True).get("epoch") != epochs:
         return False
     final.unlink()
     return True
@@ -430,7 +436,7 @@ def _evaluate_again(settings: RunSettings, datacomp: Path, folder: Path, model: 
     and the report says the pair has no per-image results."""
     from datacomp_plugins.apps.minicomp import evaluate, student
 
-    checkpoint = folder / "train" / "checkpoints" / "epoch_latest.pt"
+    checkpoint = folder / CHECKPOINTS / LATEST_CHECKPOINT
     if not checkpoint.is_file():
         return
     with in_process or contextlib.nullcontext():
